@@ -1,0 +1,3 @@
+from RCSegNeXtCore.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""`rcsegnext` console command: a thin dispatcher over RCSegNeXtCore.commands.<name> modules.
+
+Each command module defines HELP (one line), add_arguments(parser) and run(args) -> int exit code, and imports
+heavy dependencies inside run() so `rcsegnext --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from RCSegNeXtCore import __version__
+from RCSegNeXtCore.errors import RCSegNeXtError
+
+# sub-command -> module under RCSegNeXtCore.commands (order = order in --help)
+COMMANDS = {
+    "demo": "demo",
+    "summary": "summary",
+    "phantom": "phantom",
+    "check": "check",
+    "plan": "plan",
+    "preprocess": "preprocess",
+    "train": "train",
+    "init-model": "init_model",
+    "import-official": "import_official",
+    "predict": "predict",
+    "evaluate": "evaluate",
+    "report": "report",
+    "compare": "compare",
+}
+
+
+def _load(module_name: str):
+    try:
+        return importlib.import_module(f"RCSegNeXtCore.commands.{module_name}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"RCSegNeXtCore.commands.{module_name}":
+            return None  # command not built yet
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rcsegnext", description="RCSegNeXt: rectum and rectal tumour "
+                                     "segmentation in sagittal T2 MRI (plan, preprocess, train, predict, evaluate).")
+    parser.add_argument("--version", action="version", version=f"rcsegnext {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = _load(module_name)
+        if module is None:
+            continue
+        command_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args._run(args) or 0)
+    except RCSegNeXtError as exc:
+        print(f"rcsegnext {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rcsegnext {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

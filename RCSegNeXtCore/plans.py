@@ -1,0 +1,160 @@
+"""plans.json: the versioned, human-readable description of how to preprocess an image and which network to build.
+
+A model folder's plans.json is all inference needs. Training writes every override (e.g. a narrower width) into the
+run's own copy. Spacing, shapes and patch sizes are in (z, y, x) order.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from RCSegNeXtCore.errors import PlanError
+
+PLANS_FORMAT_VERSION = 1
+DEFAULT_LABELS = {"background": 0, "rectum": 1, "tumour": 2}
+
+
+@dataclass
+class Architecture:
+    """Network hyper-parameters (paper Sections 2.1-2.3; Table 3 ablations switch the block kinds)."""
+
+    in_channels: int = 1
+    num_classes: int = 3
+    base_channels: int = 32
+    scale: int = 4
+    expansion: int = 2
+    aniso_block: str = "aninext"
+    iso_block: str = "isonext"
+    deep_supervision: bool = False
+
+
+@dataclass
+class Plans:
+    target_spacing: List[float]
+    patch_size: List[int]
+    kernels: List[List[int]]
+    strides: List[List[int]]
+    architecture: Architecture = field(default_factory=Architecture)
+    batch_size: int = 2
+    labels: Dict[str, int] = field(default_factory=lambda: dict(DEFAULT_LABELS))
+    channel_names: Dict[str, str] = field(default_factory=lambda: {"0": "T2"})
+    normalization: List[str] = field(default_factory=lambda: ["zscore"])  # one scheme per channel
+    crop_to_nonzero: bool = True
+    # resampling: images cubic (order 3) in-plane; along an axis whose spacing is > anisotropy_threshold x the
+    # finest, a separate step of order `image_order_thick_axis`; labels one-hot linear (no class invented or lost)
+    resampling: Dict[str, Any] = field(default_factory=lambda: {
+        "image_order": 3, "image_order_thick_axis": 0, "label_order": 1, "anisotropy_threshold": 3.0})
+    mirror_axes: List[int] = field(default_factory=lambda: [0, 1, 2])  # axes for test-time mirroring
+    median_shape: Optional[List[int]] = None
+    median_spacing: Optional[List[float]] = None
+    intensity_properties: Optional[Dict[str, Any]] = None  # per channel, from the dataset fingerprint
+    dataset_name: str = ""
+    num_training_cases: Optional[int] = None
+    format_version: int = PLANS_FORMAT_VERSION
+
+    # -- derived -----------------------------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return self.architecture.num_classes
+
+    @property
+    def class_names(self) -> Dict[int, str]:
+        return {int(v): k for k, v in self.labels.items()}
+
+    def build_network(self):
+        """The torch module this plan describes (random weights)."""
+        from RCSegNeXtCore.network import build_network
+        a = self.architecture
+        return build_network(self.kernels, self.strides, in_channels=a.in_channels, num_classes=a.num_classes,
+                             base_channels=a.base_channels, scale=a.scale, expansion=a.expansion,
+                             aniso_block=a.aniso_block, iso_block=a.iso_block)
+
+    def network_signature(self) -> Dict[str, Any]:
+        """What a checkpoint must match to load into this plan's network."""
+        return {"kernels": [list(k) for k in self.kernels], "strides": [list(s) for s in self.strides],
+                "architecture": asdict(self.architecture)}
+
+    def with_overrides(self, **architecture_or_plan_fields) -> "Plans":
+        """A copy with some fields replaced; Architecture field names are accepted too (e.g. base_channels=8)."""
+        arch_names = {f.name for f in fields(Architecture)}
+        arch = {k: v for k, v in architecture_or_plan_fields.items() if k in arch_names and v is not None}
+        rest = {k: v for k, v in architecture_or_plan_fields.items() if k not in arch_names and v is not None}
+        unknown = set(rest) - {f.name for f in fields(Plans)}
+        if unknown:
+            raise PlanError(f"unknown plan field(s): {', '.join(sorted(unknown))}")
+        return replace(self, architecture=replace(self.architecture, **arch), **rest)
+
+    # -- serialisation -----------------------------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        from RCSegNeXtCore import __version__
+        data = asdict(self)
+        data["software_version"] = __version__
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any], source: str = "plans") -> "Plans":
+        if not isinstance(data, dict):
+            raise PlanError(f"{source}: expected a JSON object")
+        version = data.get("format_version")
+        if version != PLANS_FORMAT_VERSION:
+            raise PlanError(f"{source}: format_version {version!r} is not supported (this software reads "
+                            f"version {PLANS_FORMAT_VERSION}); re-create it with `rcsegnext plan`")
+        known = {f.name for f in fields(cls)}
+        missing = [n for n in ("target_spacing", "patch_size", "kernels", "strides") if n not in data]
+        if missing:
+            raise PlanError(f"{source}: missing required field(s) {', '.join(missing)}")
+        values = {k: v for k, v in data.items() if k in known}
+        try:
+            values["architecture"] = Architecture(**data.get("architecture", {}))
+        except TypeError as exc:
+            raise PlanError(f"{source}: invalid 'architecture': {exc}") from None
+        plans = cls(**values)
+        plans.validate(source)
+        return plans
+
+    def validate(self, source: str = "plans") -> None:
+        def triple(name, value, kind):
+            if len(value) != 3 or not all(isinstance(v, kind) and v > 0 for v in value):
+                raise PlanError(f"{source}: {name} must be 3 positive {kind.__name__}s in (z, y, x), got {value}")
+        triple("target_spacing", [float(v) for v in self.target_spacing], float)
+        triple("patch_size", self.patch_size, int)
+        if len(self.kernels) != len(self.strides) + 1:
+            raise PlanError(f"{source}: {len(self.kernels)} kernels for {len(self.strides)} strides; "
+                            "a plan has one kernel more than strides")
+        total = [1, 1, 1]
+        for stride in self.strides:
+            total = [t * s for t, s in zip(total, stride)]
+        if any(p % t for p, t in zip(self.patch_size, total)):
+            raise PlanError(f"{source}: patch size {self.patch_size} is not divisible by the total stride {total}")
+        if sorted(self.labels.values()) != list(range(len(self.labels))):
+            raise PlanError(f"{source}: label values {sorted(self.labels.values())} must be 0..N-1")
+        if len(self.labels) != self.architecture.num_classes:
+            raise PlanError(f"{source}: {len(self.labels)} labels but architecture.num_classes = "
+                            f"{self.architecture.num_classes}")
+        if len(self.channel_names) != self.architecture.in_channels:
+            raise PlanError(f"{source}: {len(self.channel_names)} channels but architecture.in_channels = "
+                            f"{self.architecture.in_channels}")
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.part")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Plans":
+        path = Path(path)
+        if path.is_dir():
+            path = path / "plans.json"
+        if not path.is_file():
+            raise PlanError(f"{path}: plans file not found")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise PlanError(f"{path}: not valid JSON ({exc})") from None
+        return cls.from_dict(data, source=str(path))
