@@ -6,7 +6,10 @@ direction is the 3x3 matrix (row-major) whose columns are the i, j, k axes. Noth
 """
 from __future__ import annotations
 
+import gzip
 import os
+import re
+import struct
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +17,7 @@ from typing import Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
+from zlib import error as zlib_error
 
 from RCSegNeXtCore.errors import ImageReadError
 
@@ -98,7 +102,7 @@ class Geometry:
 
 
 def _fmt(values: np.ndarray) -> str:
-    return "(" + ", ".join(f"{v:.4g}" for v in np.ravel(values)) + ")"
+    return "(" + ", ".join(f"{v:.6g}" for v in np.ravel(values)) + ")"
 
 
 @dataclass
@@ -132,21 +136,107 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     return reader.Execute()
 
 
+def _itk_reason(exc: Exception) -> str:
+    """The informative part of an ITK exception (drops source paths, object addresses and errno noise)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [re.sub(r"^(ITK ERROR|sitk::ERROR): (\w+\(0x[0-9a-f]+\): )?", "", line) for line in lines
+              if not line.startswith(("Exception thrown", "Reason: No such file")) and not line.endswith(":")]
+    return useful[-1] if useful else "unknown reason"
+
+
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype code -> numpy float type
+
+
+def _scan_nifti(path: Path) -> Tuple[Optional[str], Optional[Tuple[np.ndarray, np.ndarray]]]:
+    """For .nii/.nii.gz: (problem, non-finite voxels) read from the raw bytes.
+
+    ITK 5.4's NIfTI reader silently zero-fills a truncated file and turns NaN/inf voxels into 0 (fixed only in
+    ITK 6, InsightSoftwareConsortium/ITK#6683). `problem` reports truncation; for float data the flat indices and
+    values of non-finite voxels are returned so `read_sitk` can put them back, and validation can report them.
+    """
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as stream:
+            header = stream.read(540)
+            if len(header) < 348:
+                return f"header is {len(header)} bytes, a NIfTI header needs 348", None
+            for endian in "<>":
+                size = struct.unpack(endian + "i", header[:4])[0]
+                if size in (348, 540):
+                    break
+            else:
+                return None, None  # not NIfTI-1/2: let ITK decide
+            if size == 348:
+                dim = struct.unpack(endian + "8h", header[40:56])
+                datatype, bitpix = struct.unpack(endian + "2h", header[70:74])
+                offset = int(struct.unpack(endian + "f", header[108:112])[0])
+                slope, inter = struct.unpack(endian + "2f", header[112:120])
+            else:
+                dim = struct.unpack(endian + "8q", header[16:80])
+                datatype, bitpix = struct.unpack(endian + "2h", header[12:16])
+                offset = struct.unpack(endian + "q", header[168:176])[0]
+                slope, inter = struct.unpack(endian + "2d", header[176:192])
+            offset = max(offset, size)
+            count = int(np.prod([max(1, d) for d in dim[1:1 + max(0, min(dim[0], 7))]]))
+            expected = offset + count * bitpix // 8
+            chunks, received = [header], len(header)
+            while received < expected:
+                chunk = stream.read(min(1 << 24, expected - received))
+                if not chunk:
+                    break
+                received += len(chunk)
+                if datatype in _NIFTI_FLOATS:
+                    chunks.append(chunk)
+    except (EOFError, OSError, struct.error, zlib_error) as exc:
+        return f"compressed data is cut off or corrupt ({exc})", None
+    if received < expected:
+        return f"holds {received} bytes of header and voxels, its header promises {expected}", None
+    if datatype not in _NIFTI_FLOATS:
+        return None, None
+    voxels = np.frombuffer(b"".join(chunks), dtype=endian + _NIFTI_FLOATS[datatype], count=count, offset=offset)
+    bad = np.flatnonzero(~np.isfinite(voxels))
+    if not bad.size:
+        return None, None
+    values = voxels[bad] * (slope if slope and np.isfinite(slope) else 1.0) + (inter if np.isfinite(inter) else 0)
+    return None, (bad, values)
+
+
+def _restore_non_finite(image: sitk.Image, bad: np.ndarray, values: np.ndarray) -> sitk.Image:
+    array = sitk.GetArrayFromImage(image)
+    if not np.issubdtype(array.dtype, np.floating) or bad.max() >= array.size:
+        return image
+    array.reshape(-1)[bad] = values
+    restored = sitk.GetImageFromArray(array, isVector=False)
+    restored.CopyInformation(image)
+    for key in image.GetMetaDataKeys():
+        restored.SetMetaData(key, image.GetMetaData(key))
+    return restored
+
+
 def read_sitk(path: str | os.PathLike) -> sitk.Image:
     """Read a file (NIfTI, NRRD, MHA, ...) or a DICOM series folder as a 3D scalar SimpleITK image."""
     path = Path(path)
     if not path.exists():
         raise ImageReadError(f"{path}: no such file or folder")
+    non_finite = None
     if path.is_dir():
         image = _read_dicom_series(path)
     else:
         if path.stat().st_size == 0:
-            raise ImageReadError(f"{path}: file is empty")
+            raise ImageReadError(f"{path}: file is empty (0 bytes)")
+        if path.name.lower().endswith(".nii.gz") and path.with_name(path.name[:-3]).exists():
+            # ITK 5.4 would take the header from X.nii.gz but the voxels from X.nii: refuse instead
+            raise ImageReadError(f"{path}: {path.name[:-3]} lies beside it and ITK would read that file's voxels "
+                                 "with this file's header; keep only one of them")
+        if path.name.lower().endswith((".nii", ".nii.gz")):
+            problem, non_finite = _scan_nifti(path)
+            if problem:
+                raise ImageReadError(f"{path}: file is truncated or corrupt: {problem}")
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
-            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
-            raise ImageReadError(f"{path}: cannot be read as an image (corrupt or truncated?): {reason}") from None
+            raise ImageReadError(f"{path}: cannot be read as an image (corrupt or truncated?): "
+                                 f"{_itk_reason(exc)}") from None
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise ImageReadError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
                              "a scalar (grey-level) 3D image is needed")
@@ -155,6 +245,8 @@ def read_sitk(path: str | os.PathLike) -> sitk.Image:
     if image.GetDimension() != 3:
         raise ImageReadError(f"{path}: is {image.GetDimension()}D with size {image.GetSize()}; "
                              "a 3D volume is needed (one file per channel, one volume per case)")
+    if non_finite is not None:
+        image = _restore_non_finite(image, *non_finite)
     return image
 
 
@@ -173,14 +265,14 @@ def read_image(path: str | os.PathLike, dtype: Optional[np.dtype] = None) -> Ima
 def read_geometry(path: str | os.PathLike) -> Geometry:
     """Geometry from the header only (fast); DICOM folders are read fully."""
     path = Path(path)
-    if path.is_dir():
-        return Geometry.from_sitk(read_sitk(path))
+    if path.is_dir() or not path.exists() or path.stat().st_size == 0:
+        return Geometry.from_sitk(read_sitk(path))  # DICOM folder, or raises the missing/empty error
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise ImageReadError(f"{path}: cannot read image header: {str(exc).strip().splitlines()[-1]}") from None
+        raise ImageReadError(f"{path}: cannot read image header: {_itk_reason(exc)}") from None
     size = reader.GetSize()
     if len(size) != 3:
         return Geometry.from_sitk(read_sitk(path))  # raises the dimensionality error
