@@ -44,9 +44,11 @@ class Plans:
     normalization: List[str] = field(default_factory=lambda: ["zscore"])  # one scheme per channel
     crop_to_nonzero: bool = True
     # resampling: images cubic (order 3) in-plane; along an axis whose spacing is > anisotropy_threshold x the
-    # finest, a separate step of order `image_order_thick_axis`; labels one-hot linear (no class invented or lost)
+    # finest, a separate step of order `image_order_thick_axis`; labels one-hot linear (no class invented or lost),
+    # nearest along the thick axis; probabilities mapped back to the original grid linearly (data/resample.py)
     resampling: Dict[str, Any] = field(default_factory=lambda: {
-        "image_order": 3, "image_order_thick_axis": 0, "label_order": 1, "anisotropy_threshold": 3.0})
+        "image_order": 3, "image_order_thick_axis": 0, "label_order": 1, "label_order_thick_axis": 0,
+        "probability_order_thick_axis": 1, "anisotropy_threshold": 3.0})
     mirror_axes: List[int] = field(default_factory=lambda: [0, 1, 2])  # axes for test-time mirroring
     median_shape: Optional[List[int]] = None
     median_spacing: Optional[List[float]] = None

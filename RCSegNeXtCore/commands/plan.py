@@ -1,0 +1,59 @@
+"""`rcsegnext plan`: write plans.json from a dataset (fingerprint) or from explicit spacing and patch size."""
+from __future__ import annotations
+
+import argparse
+
+HELP = "make plans.json from a dataset (median spacing, patch size, Algorithm 1) or from --spacing/--patch"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", nargs="?", help="dataset folder (nnU-Net v2 raw layout); omit to plan from "
+                                                   "--spacing and --patch alone")
+    parser.add_argument("-o", "--output", default="plans.json", help="plans file to write (default plans.json)")
+    parser.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
+                        help="target spacing in mm (default: the dataset's median; required without a dataset)")
+    parser.add_argument("--patch", type=int, nargs=3, metavar=("Z", "Y", "X"),
+                        help="patch size (default [16, 320, 320], shrunk to the median image when smaller)")
+    parser.add_argument("--base-channels", type=int, help="width of the first stage (default 32)")
+    parser.add_argument("--scale", type=int, help="IsoNeXt scale s (default 4)")
+    parser.add_argument("--expansion", type=int, help="expansion ratio r (default 2)")
+    parser.add_argument("--aniso-block", help="block of the anisotropic stages (default aninext)")
+    parser.add_argument("--iso-block", help="block of the isotropic stages (default isonext)")
+    parser.add_argument("--batch-size", type=int, help="training batch size (default 2)")
+    parser.add_argument("--fingerprint", help="also write the dataset fingerprint (JSON) to this file")
+    parser.add_argument("--workers", type=int, default=1, help="processes reading cases (default 1)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from RCSegNeXtCore.data.planning import make_plans, make_plans_from_values
+    from RCSegNeXtCore.errors import PlanError
+
+    overrides = dict(base_channels=args.base_channels, scale=args.scale, expansion=args.expansion,
+                     aniso_block=args.aniso_block, iso_block=args.iso_block, batch_size=args.batch_size)
+    if args.dataset:
+        from RCSegNeXtCore.data.dataset import load_dataset
+        from RCSegNeXtCore.data.fingerprint import compute_fingerprint
+        dataset = load_dataset(args.dataset)
+        fingerprint = compute_fingerprint(dataset, workers=args.workers)
+        if args.fingerprint:
+            Path(args.fingerprint).write_text(json.dumps(fingerprint, indent=1) + "\n")
+        plans = make_plans(fingerprint, dataset, target_spacing=args.spacing, patch_size=args.patch, **overrides)
+        source = f"{fingerprint['num_cases']} case(s) of {dataset.root}"
+    else:
+        if args.spacing is None:
+            raise PlanError("give a dataset folder, or --spacing Z Y X (and optionally --patch Z Y X) to plan "
+                            "without one, e.g. `rcsegnext plan --spacing 4.0 0.875 0.875 --patch 16 320 320`")
+        plans = make_plans_from_values(args.spacing, args.patch or (16, 320, 320), **overrides)
+        source = "explicit values"
+    path = plans.save(args.output)
+    print(f"plans from {source} -> {path}")
+    print(f"  target spacing (z,y,x) {plans.target_spacing}   patch {plans.patch_size}   batch {plans.batch_size}")
+    print(f"  kernels {plans.kernels}")
+    print(f"  strides {plans.strides}")
+    print(f"  labels {plans.labels}   channels {plans.channel_names}   normalisation {plans.normalization}")
+    if plans.median_shape:
+        print(f"  median shape after crop and resampling {plans.median_shape}")
+    return 0
