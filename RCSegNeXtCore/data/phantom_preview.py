@@ -27,7 +27,7 @@ def save_case_preview(cases: Sequence[tuple], png: str | os.PathLike, title: str
         slices = np.nonzero((label > 0).any(axis=(1, 2)))[0]
         z = int(slices[len(slices) // 2]) if len(slices) else image.shape[0] // 2
         ax.imshow(image[z], cmap="gray", vmin=0, vmax=float(np.percentile(image, 99.5)), interpolation="bilinear")
-        for value, colour in ((1, "lime"), (2, "red")):
+        for value, colour in ((1, "red"), (2, "lime")):
             if (label[z] == value).any():
                 ax.contour(label[z] == value, [0.5], colors=colour, linewidths=0.8)
         ax.set_title(f"{name}  slice {z + 1}/{image.shape[0]}", fontsize=9)
@@ -47,4 +47,4 @@ def save_dataset_preview(dataset: str | os.PathLike, png: str | os.PathLike, cas
     dataset = Path(dataset)
     cases = [(case_id, read_image(dataset / "imagesTr" / f"{case_id}_0000.nii.gz").array,
               read_image(dataset / "labelsTr" / f"{case_id}.nii.gz").array) for case_id in case_ids]
-    return save_case_preview(cases, png, title=f"{dataset.name}: rectum (green), tumour (red)")
+    return save_case_preview(cases, png, title=f"{dataset.name}: rectum (red), tumour (green)")
