@@ -1,0 +1,195 @@
+"""RCSegNeXtLogic: the Slicer module's logic, Qt-free, usable from Slicer's Python console, scripts and tests.
+
+It only translates between MRML nodes and the core (`RCSegNeXtCore`): the segmentation science (prediction,
+metrics, dataset layout) lives in the core. torch is imported only inside `segment` (Slicer starts without it).
+
+    logic = RCSegNeXtLogic()
+    seg = logic.segment(volumeNode, "/path/to/model", device="auto", tta=False)
+    logic.computeDice(referenceSegmentationNode, seg)        # {"Rectum": 0.91, "Tumor": 0.78}
+    logic.saveAsTrainingCase(volumeNode, seg, "/data/Dataset001_Rectal")
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from RCSegNeXtCore.data.io import Image, read_image
+from RCSegNeXtCore.errors import DatasetError, ModelError, RCSegNeXtError
+
+from RCSegNeXtLib import convert
+from RCSegNeXtLib.compare import SegmentationComparison, compare_segmentations
+
+ProgressCallback = Callable[[str, int, int], None]  # (stage, done, total), as the core predictor
+
+
+def model_labels(modelDir: str | os.PathLike) -> Dict[str, int]:
+    """Class name -> label value of a model folder (its dataset.json, else plans.json); no torch needed."""
+    from RCSegNeXtCore.plans import Plans
+    folder = Path(modelDir)
+    dataset_json = folder / "dataset.json"
+    if dataset_json.is_file():
+        try:
+            labels = json.loads(dataset_json.read_text()).get("labels")
+        except (ValueError, AttributeError):
+            labels = None
+        if isinstance(labels, dict) and all(isinstance(v, int) for v in labels.values()):
+            return {str(k): int(v) for k, v in labels.items()}
+    if not (folder / "plans.json").is_file():
+        raise ModelError(f"{folder}: not a model folder (no plans.json); choose a training run folder or an "
+                         "installed model")
+    return dict(Plans.load(folder / "plans.json").labels)
+
+
+def segment_styles_for(labels: Dict[str, int]):
+    """Segment names, colours and terminology for a model's labels (the core's one style table)."""
+    from RCSegNeXtCore.inference.segments import segment_styles
+    return segment_styles(labels)
+
+
+class RCSegNeXtLogic:
+    """MRML <-> core for 'Segment rectal cancer'. No Qt: every method works headless (slicer-core) too."""
+
+    # -- segmentation ------------------------------------------------------------------------------------------
+    def segment(self, volumeNode, modelDir: str | os.PathLike, device: str = "auto", tta: bool = False,
+                segmentationNode=None, progress: Optional[ProgressCallback] = None, folds=None):
+        """Segment `volumeNode` in this process (blocks) and return the segmentation node with Rectum and Tumor."""
+        from RCSegNeXtCore.inference.predictor import Predictor  # torch is imported here, not at module load
+        image = convert.volume_to_image(volumeNode)
+        predictor = Predictor(modelDir, folds=folds, device=device, tta=tta)
+        prediction = predictor.predict(image, progress=progress, source=volumeNode.GetName())
+        return self.segmentationFromLabels(volumeNode, prediction.labels, predictor.labels, segmentationNode,
+                                           prediction_geometry=prediction.geometry)
+
+    def segmentationFromLabels(self, volumeNode, labels: np.ndarray, labelValues: Dict[str, int],
+                               segmentationNode=None, prediction_geometry=None):
+        """A label map on the volume's grid -> segmentation node (names/colours/terminology from the core)."""
+        if prediction_geometry is not None:
+            expected = convert.volume_to_geometry(volumeNode)
+            diffs = expected.differences(prediction_geometry)
+            if diffs:
+                raise RCSegNeXtError(f"prediction grid differs from volume '{volumeNode.GetName()}': "
+                                     + "; ".join(diffs) + ". This is a bug: please report it with the volume.")
+        return convert.labels_to_segmentation(labels, volumeNode, segment_styles_for(labelValues), segmentationNode,
+                                              name=f"{volumeNode.GetName()} segmentation")
+
+    def writeInput(self, volumeNode, path: str | os.PathLike) -> Path:
+        """Write the volume (exact geometry, original voxel type) for the subprocess runner."""
+        from RCSegNeXtCore.data.io import write_image
+        image = convert.volume_to_image(volumeNode, dtype=None)
+        return write_image(image.array, image.geometry, path)
+
+    def loadResult(self, volumeNode, resultPath: str | os.PathLike, modelDir: str | os.PathLike,
+                   segmentationNode=None):
+        """Read the subprocess's label map and turn it into the segmentation node (geometry checked)."""
+        result: Image = read_image(resultPath)
+        return self.segmentationFromLabels(volumeNode, result.array, model_labels(modelDir), segmentationNode,
+                                           prediction_geometry=result.geometry)
+
+    # -- comparison (Dice panel) -------------------------------------------------------------------------------
+    def compareSegmentations(self, referenceSegmentationNode, testSegmentationNode,
+                             referenceVolumeNode=None) -> SegmentationComparison:
+        """Per-segment Dice, HD95 and volumes (ml), both rasterised on the reference volume's grid."""
+        return compare_segmentations(referenceSegmentationNode, testSegmentationNode, referenceVolumeNode)
+
+    def computeDice(self, referenceSegmentationNode, testSegmentationNode,
+                    referenceVolumeNode=None) -> Dict[str, float]:
+        """{segment name: Dice}; nan ("n/a") when the segment is empty (or missing) on both sides."""
+        table = self.compareSegmentations(referenceSegmentationNode, testSegmentationNode, referenceVolumeNode)
+        return {row.name: row.dice for row in table.rows}
+
+    # -- corrections become training data ----------------------------------------------------------------------
+    def saveAsTrainingCase(self, volumeNode, segmentationNode, datasetDir: str | os.PathLike,
+                           caseId: Optional[str] = None, labels: Optional[Dict[str, int]] = None) -> str:
+        """Save the volume and its (corrected) segmentation as a new case of an nnU-Net-layout dataset.
+
+        Writes `imagesTr/<caseId>_0000<ending>` (exact geometry, original voxel type) and `labelsTr/<caseId><ending>`
+        (each dataset label's segment rasterised on the volume's grid, by name or terminology), then updates
+        `dataset.json` (created with `labels`, default the model's background/rectum/tumour, when absent).
+        Returns the case ID.
+        """
+        from RCSegNeXtCore.data.dataset import parse_dataset_json, write_dataset_json
+        from RCSegNeXtCore.data.io import write_image
+        root = Path(datasetDir)
+        if (root / "dataset.json").is_file():
+            raw, ds_labels, channels, ending, problems = parse_dataset_json(root)
+            if problems:
+                raise DatasetError(f"{root / 'dataset.json'}: "
+                                   + "; ".join(f"{p.message} ({p.hint})" for p in problems))
+            if labels is not None and dict(labels) != ds_labels:
+                raise DatasetError(f"{root}: dataset.json labels {ds_labels} differ from the requested {labels}")
+            if len(channels) != 1:
+                raise DatasetError(f"{root}: dataset has {len(channels)} channels; one volume gives one (T2) channel")
+            labels = ds_labels
+        else:
+            from RCSegNeXtCore.data.dataset import DEFAULT_CHANNELS, DEFAULT_LABELS
+            raw, labels, channels, ending = {}, dict(labels or DEFAULT_LABELS), dict(DEFAULT_CHANNELS), ".nii.gz"
+        segment_of_label = self._segmentsForLabels(segmentationNode, labels)
+        caseId = self._newCaseId(root, ending, caseId, volumeNode.GetName())
+
+        image = convert.volume_to_image(volumeNode, dtype=None)
+        label_map = np.zeros(image.array.shape, dtype=np.uint8)
+        for value, segment_id in segment_of_label.items():
+            label_map[convert.segment_mask(segmentationNode, segment_id, volumeNode)] = value
+        write_image(image.array, image.geometry, root / "imagesTr" / f"{caseId}_0000{ending}")
+        write_image(label_map, image.geometry, root / "labelsTr" / f"{caseId}{ending}")
+        extra = {k: v for k, v in raw.items() if k not in ("labels", "channel_names", "file_ending", "numTraining")}
+        num_training = len([p for p in (root / "labelsTr").iterdir() if not p.name.startswith(".")])
+        write_dataset_json(root, labels, channels, ending, num_training, **extra)
+        return caseId
+
+    @staticmethod
+    def _segmentsForLabels(segmentationNode, labels: Dict[str, int]) -> Dict[int, str]:
+        """label value -> segment ID, matching each foreground label to a segment by name or terminology code."""
+        segmentation = segmentationNode.GetSegmentation()
+        segments = [segmentation.GetNthSegment(i) for i in range(segmentation.GetNumberOfSegments())]
+        ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+        found, missing = {}, []
+        for style in segment_styles_for(labels):
+            names = {style.name.lower()} | {n.lower() for n, v in labels.items() if v == style.label_value}
+            code = convert.terminology_type_code(style.terminology)
+            match = [sid for sid, seg in zip(ids, segments) if seg.GetName().lower() in names]
+            by_code = [sid for sid, seg in zip(ids, segments) if code and convert.segment_type_code(seg) == code]
+            match = match or (by_code if len(by_code) == 1 else [])
+            if match:
+                found[style.label_value] = match[0]
+            else:
+                missing.append(style.name)
+        if missing:
+            raise DatasetError(f"segmentation '{segmentationNode.GetName()}' has no segment for {', '.join(missing)} "
+                               f"(it has: {', '.join(convert.segment_names(segmentationNode)) or 'none'}); add or "
+                               "rename the segment in Segment Editor (an empty segment is fine)")
+        return found
+
+    @staticmethod
+    def _newCaseId(root: Path, ending: str, wanted: Optional[str], volume_name: str) -> str:
+        """The case ID: an explicit one must be a safe file name and unused (never overwritten); otherwise the
+        volume's name made file-safe, with _001, _002, ... appended when taken."""
+        def taken(case_id: str) -> bool:
+            return (root / "labelsTr" / f"{case_id}{ending}").exists() or \
+                (root / "imagesTr" / f"{case_id}_0000{ending}").exists()
+        if wanted:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", wanted) or re.search(r"_\d{4}$", wanted):
+                raise DatasetError(f"case ID '{wanted}': use letters, digits, '_' and '-' only, not ending in "
+                                   "_NNNN (that suffix names the channel)")
+            if taken(wanted):
+                raise DatasetError(f"{root}: case '{wanted}' already exists; choose another case ID (existing "
+                                   "cases are never overwritten)")
+            return wanted
+        base = re.sub(r"[^A-Za-z0-9_-]+", "_", volume_name).strip("_-") or "case"
+        base = re.sub(r"_(\d{4})$", r"-\1", base)
+        if not taken(base):
+            return base
+        for n in range(1, 10000):
+            if not taken(f"{base}_{n:03d}"):
+                return f"{base}_{n:03d}"
+        raise DatasetError(f"{root}: no free case ID for '{base}'")
+
+    # -- helpers for the GUI ------------------------------------------------------------------------------------
+    @staticmethod
+    def listSegmentNames(segmentationNode) -> List[str]:
+        return convert.segment_names(segmentationNode)

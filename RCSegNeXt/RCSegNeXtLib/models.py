@@ -1,0 +1,181 @@
+"""Installed models: install from a folder or a zip, list with provenance, locate, remove. Qt-free, no torch.
+
+A model is a model folder (`plans.json`, `dataset.json`, `fold_K/checkpoint_*.pt`) copied under the models root
+(the Widget uses `<Slicer settings folder>/RCSegNeXt/models`). Installing records where it came from in
+`install.json` (source, SHA-256 of the archive, time, folds, software version). A given SHA-256 is checked before
+anything is unpacked; a zip member that would land outside the target (absolute path, `..`, a link) refuses the
+whole archive. Installation is atomic: a half-copied model is never listed.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import stat
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Dict, List, Optional
+
+from RCSegNeXtCore.errors import ModelError
+
+INSTALL_RECORD = "install.json"
+MAX_UNPACKED_BYTES = 8 << 30  # refuse zip bombs: a model is a few hundred MB at most
+
+
+@dataclass
+class InstalledModel:
+    name: str
+    path: Path
+    provenance: Dict = field(default_factory=dict)
+
+    @property
+    def description(self) -> str:
+        p = self.provenance
+        return (f"{self.name}: folds {p.get('folds', '?')}, from {p.get('source', 'unknown')}, installed "
+                f"{p.get('installed_at', '?')}" + (f", sha256 {p['sha256'][:12]}..." if p.get("sha256") else ""))
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_folds(folder: Path) -> List[int]:
+    return sorted(int(p.name[5:]) for p in folder.glob("fold_*") if p.name[5:].isdigit()
+                  and any(p.glob("checkpoint_*.pt")))
+
+
+def check_model_folder(folder: Path, source: str = "") -> None:
+    """Refuse anything that is not a model folder (plans.json valid, dataset.json labels, one checkpoint)."""
+    from RCSegNeXtCore.plans import Plans
+    where = source or str(folder)
+    if not (folder / "plans.json").is_file():
+        raise ModelError(f"{where}: not a model folder (no plans.json); give the folder `rcsegnext train` wrote, or "
+                         "a zip of it")
+    Plans.load(folder / "plans.json")  # PlanError names the problem
+    if not (folder / "dataset.json").is_file():
+        raise ModelError(f"{where}: dataset.json is missing (it names the classes); add the training dataset's "
+                         "dataset.json to the model folder")
+    if not model_folds(folder):
+        raise ModelError(f"{where}: no fold_K/checkpoint_final.pt (or checkpoint_best.pt) in the model folder")
+
+
+def _safe_members(archive: zipfile.ZipFile, source: str) -> None:
+    """Refuse the archive when any member could write outside the target folder (zip-slip) or is a link."""
+    total = 0
+    for info in archive.infolist():
+        name = info.filename.replace("\\", "/")
+        parts = PurePosixPath(name).parts
+        if name.startswith("/") or (parts and (":" in parts[0])) or ".." in parts:
+            raise ModelError(f"{source}: refused: member '{info.filename}' would be written outside the model "
+                             "folder (absolute path or '..'); the archive is unsafe, get the model from its source")
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise ModelError(f"{source}: refused: member '{info.filename}' is a symbolic link; links are not "
+                             "allowed in model archives")
+        total += info.file_size
+    if total > MAX_UNPACKED_BYTES:
+        raise ModelError(f"{source}: refused: it unpacks to {total / 1e9:.1f} GB (limit "
+                         f"{MAX_UNPACKED_BYTES / 1e9:.0f} GB)")
+
+
+def _model_root_in(folder: Path) -> Path:
+    """The model folder inside an unpacked archive: its top level, or its single top-level folder."""
+    if (folder / "plans.json").is_file():
+        return folder
+    entries = [p for p in folder.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+    if len(entries) == 1 and entries[0].is_dir():
+        return entries[0]
+    return folder
+
+
+def install_model(source: str | os.PathLike, models_root: str | os.PathLike, name: Optional[str] = None,
+                  sha256: Optional[str] = None, overwrite: bool = False) -> InstalledModel:
+    """Install a model folder or a .zip of one under `models_root/<name>`; returns the installed model."""
+    source, root = Path(source), Path(models_root)
+    if not source.exists():
+        raise ModelError(f"{source}: no such file or folder")
+    digest = None
+    if source.is_file():
+        if not zipfile.is_zipfile(source):
+            raise ModelError(f"{source}: not a zip archive; give a model folder or a .zip of one")
+        digest = sha256_of(source)
+        if sha256 and digest.lower() != sha256.strip().lower():
+            raise ModelError(f"{source}: SHA-256 mismatch: expected {sha256.strip().lower()}, file has {digest}; the "
+                             "download is corrupt or not the published model. Download it again.")
+    elif sha256:
+        raise ModelError(f"{source}: a SHA-256 checks an archive file; give the .zip, or no SHA-256 for a folder")
+    name = name or (source.name[:-4] if source.suffix.lower() == ".zip" else source.name)
+    if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("."):
+        raise ModelError(f"model name '{name}' is not a plain folder name")
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / name
+    if target.exists() and not overwrite:
+        raise ModelError(f"a model named '{name}' is already installed at {target}; remove it first or choose "
+                         "another name")
+    staging = Path(tempfile.mkdtemp(prefix=f".installing-{name}-", dir=root))
+    try:
+        if source.is_file():
+            with zipfile.ZipFile(source) as archive:
+                _safe_members(archive, str(source))
+                archive.extractall(staging / "unpacked")
+            model_dir = _model_root_in(staging / "unpacked")
+        else:
+            model_dir = staging / "unpacked"
+            shutil.copytree(source, model_dir, symlinks=False)
+        check_model_folder(model_dir, str(source))
+        record = {"name": name, "source": str(source.resolve()), "sha256": digest,
+                  "installed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  "folds": model_folds(model_dir), "software_version": _version(),
+                  "dataset_name": json.loads((model_dir / "plans.json").read_text()).get("dataset_name", "")}
+        (model_dir / INSTALL_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(model_dir, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return InstalledModel(name, target, record)
+
+
+def _version() -> str:
+    from RCSegNeXtCore import __version__
+    return __version__
+
+
+def list_models(models_root: str | os.PathLike) -> List[InstalledModel]:
+    """Installed models (folders with plans.json), by name, with their install record ({} when absent)."""
+    root = Path(models_root)
+    if not root.is_dir():
+        return []
+    found = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not (folder / "plans.json").is_file():
+            continue
+        try:
+            record = json.loads((folder / INSTALL_RECORD).read_text())
+        except (OSError, ValueError):
+            record = {}
+        found.append(InstalledModel(folder.name, folder, record if isinstance(record, dict) else {}))
+    return found
+
+
+def model_path(models_root: str | os.PathLike, name: str) -> Path:
+    """The folder of an installed model (for 'open folder'); refuses names that leave the models root."""
+    root = Path(models_root).resolve()
+    path = (root / name).resolve()
+    if path.parent != root:
+        raise ModelError(f"model name '{name}' is not a folder directly under {root}")
+    if not (path / "plans.json").is_file():
+        raise ModelError(f"no installed model named '{name}' in {root}")
+    return path
+
+
+def remove_model(models_root: str | os.PathLike, name: str) -> None:
+    """Delete an installed model's folder (only inside the models root, only a model folder)."""
+    shutil.rmtree(model_path(models_root, name))
