@@ -1,0 +1,51 @@
+"""`rcsegnext predict`: segment a file, a DICOM series folder or a folder of cases with a model folder."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "segment a volume, a DICOM series folder or a folder of cases (label map or Slicer .seg.nrrd)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-i", "--input", required=True,
+                        help="image file, DICOM series folder, or folder of cases (files or DICOM sub-folders)")
+    parser.add_argument("-o", "--output", required=True,
+                        help="output file (one case: .nii.gz, .nrrd or .seg.nrrd) or folder (a folder of cases)")
+    parser.add_argument("-m", "--model", required=True, help="model folder (plans.json, dataset.json, fold_K/)")
+    parser.add_argument("--folds", type=int, nargs="+", default=None, help="folds to average (default: all present)")
+    parser.add_argument("--checkpoint", choices=("final", "best"), default="final")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    parser.add_argument("--tta", action="store_true", help="mirroring test-time augmentation over the plan's axes")
+    parser.add_argument("--tile-overlap", type=float, default=None,
+                        help="minimum overlap of neighbouring tiles, fraction of the patch (default 0.125)")
+    parser.add_argument("--batch-tiles", type=int, default=None, help="tiles per forward pass (default 1 CPU, 4 CUDA)")
+    parser.add_argument("--no-whole-volume", action="store_true",
+                        help="always tile, even when the whole volume fits in memory for one pass")
+    parser.add_argument("--format", choices=("nii.gz", "nrrd", "seg.nrrd"), default=None,
+                        help="output format (default: from the output name; nii.gz for folders)")
+    parser.add_argument("--save-probabilities", action="store_true",
+                        help="also write the softmax probabilities (K-component NRRD)")
+    parser.add_argument("--progress-json", action="store_true",
+                        help="print one JSON progress object per line on stdout (for GUIs)")
+    parser.add_argument("--resize-to", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
+                        help="first resample each input to this voxel grid over the same extent (external sets)")
+    parser.add_argument("--overwrite", action="store_true", help="redo cases whose output already exists")
+
+
+def run(args: argparse.Namespace) -> int:
+    from RCSegNeXtCore.inference.predictor import Predictor
+    from RCSegNeXtCore.inference.runner import run_prediction
+
+    predictor = Predictor(args.model, folds=args.folds, checkpoint=args.checkpoint, device=args.device, tta=args.tta,
+                          tile_overlap=args.tile_overlap, batch_tiles=args.batch_tiles,
+                          whole_volume_max_voxels=0 if args.no_whole_volume else None, resize_to=args.resize_to)
+    result = run_prediction(predictor, args.input, args.output, fmt=args.format,
+                            save_probabilities=args.save_probabilities, progress_json=args.progress_json,
+                            overwrite=args.overwrite)
+    if not args.progress_json:
+        print(f"written {len(result.written)}, skipped (already there) {len(result.skipped)}, "
+              f"failed {len(result.failed)}")
+    for failure in result.failed:
+        print(f"FAILED {failure['case']}: {failure['message']}", file=sys.stderr)
+    return 1 if result.failed else 0

@@ -1,0 +1,168 @@
+"""The predictor: a volume on disk (any grid) -> label map and probabilities on exactly that grid.
+
+read -> preprocess exactly as plans.json says -> sliding window (inference.sliding_window) over every chosen fold
+(softmax averaged) -> probabilities restored to the input grid -> argmax. Optional `resize_to` first resamples the
+input to a fixed voxel grid over the same physical extent (as the paper did for its external Dataset B,
+[21, 512, 512]) and maps the probabilities back to the original grid before the argmax.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from RCSegNeXtCore.data.io import Geometry, Image
+from RCSegNeXtCore.errors import ImageReadError, ModelError
+from RCSegNeXtCore.inference.export import provenance
+from RCSegNeXtCore.inference.model_folder import ModelFolder
+from RCSegNeXtCore.inference.sliding_window import WindowStats, predict_sliding_window
+
+# progress(stage, done, total): stage "preprocess" | "predict" (done/total = forward passes) | "restore"
+StageProgress = Callable[[str, int, int], None]
+ORIENTATIONS = {0: "sagittal", 1: "coronal", 2: "axial"}  # LPS axis a slice normal points along -> plane
+
+
+class InputWarning(UserWarning):
+    """An input far from the training data (spacing, slice orientation): predicted, but results may be poor."""
+
+
+@dataclass
+class Prediction:
+    labels: np.ndarray                       # (z, y, x) uint8 on `geometry` (the input's grid)
+    geometry: Geometry
+    probabilities: Optional[np.ndarray] = None  # (K, z, y, x) float32 when asked for
+    stats: Optional[WindowStats] = None
+    warnings: List[str] = field(default_factory=list)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError("--device cuda was asked for but no CUDA GPU is available to torch; use --device cpu")
+    return torch.device(device)
+
+
+def slice_orientation(geometry: Geometry) -> Optional[str]:
+    """'sagittal' | 'coronal' | 'axial' for the plane of the thick (slice) axis, None for a near-isotropic grid."""
+    spacing = np.asarray(geometry.spacing, float)
+    if spacing.max() / spacing.min() < 1.5:
+        return None
+    axis = int(np.argmax(spacing))                       # array axis (z, y, x) -> ITK index 2 - axis
+    column = geometry.direction_matrix[:, 2 - axis]
+    return ORIENTATIONS[int(np.argmax(np.abs(column)))]
+
+
+def input_warnings(geometry: Geometry, model: ModelFolder, source: str = "input") -> List[str]:
+    """Why an input may be far from the training data: spacing per axis off by > 2x, another slice plane."""
+    found = []
+    reference = model.plans.median_spacing or model.plans.target_spacing
+    ratios = np.asarray(geometry.spacing, float) / np.asarray(reference, float)
+    if (ratios > 2.0).any() or (ratios < 0.5).any():
+        found.append(f"{source}: spacing (z,y,x) {tuple(round(s, 4) for s in geometry.spacing)} is far from the "
+                     f"training data's {tuple(round(float(s), 4) for s in reference)}; check the series (results "
+                     "may be poor)")
+    expected = model.raw_plans.get("slice_orientation") or model.dataset_json.get("slice_orientation")
+    found_plane = slice_orientation(geometry)
+    if expected and found_plane and found_plane != expected:
+        found.append(f"{source}: a {found_plane} series given to a model trained on {expected} series; "
+                     f"use the {expected} acquisition (results may be poor)")
+    elif found_plane and np.argmax(geometry.spacing) != np.argmax(reference) and max(reference) / min(reference) > 1.5:
+        found.append(f"{source}: its thick axis (z,y,x index {int(np.argmax(geometry.spacing))}) differs from the "
+                     f"training data's ({int(np.argmax(reference))}); the slices may be in another plane")
+    return found
+
+
+def resized_geometry(geometry: Geometry, shape: Sequence[int]) -> Geometry:
+    """The grid of `shape` voxels covering the same physical extent (voxel edges) as `geometry`."""
+    shape = tuple(int(s) for s in shape)
+    spacing = tuple(s * n / m for s, n, m in zip(geometry.spacing, geometry.shape, shape))
+    shift_zyx = [(new - old) / 2.0 for new, old in zip(spacing, geometry.spacing)]
+    origin = np.asarray(geometry.origin) + geometry.direction_matrix @ np.asarray(shift_zyx[::-1])
+    return Geometry(shape, spacing, tuple(float(v) for v in origin), geometry.direction)
+
+
+class Predictor:
+    """`Predictor(model_dir).predict(image)`; networks are loaded once and reused for every case."""
+
+    def __init__(self, model_dir: str | os.PathLike, folds: Optional[Sequence[int]] = None,
+                 checkpoint: str = "final", device: str = "auto", tta: bool = False,
+                 tile_overlap: Optional[float] = None, batch_tiles: Optional[int] = None,
+                 whole_volume_max_voxels: Optional[int] = None, resize_to: Optional[Sequence[int]] = None,
+                 amp: bool = True):
+        self.model = ModelFolder(model_dir)
+        self.plans = self.model.plans
+        self.device = resolve_device(device)
+        self.folds = self.model.select_folds(folds)
+        self.checkpoint = checkpoint
+        self.tta = bool(tta)
+        self.tile_overlap = 0.125 if tile_overlap is None else float(tile_overlap)
+        if not 0.0 <= self.tile_overlap < 1.0:
+            raise ModelError(f"tile overlap must be in [0, 1), got {self.tile_overlap}")
+        self.batch_tiles = int(batch_tiles or (4 if self.device.type == "cuda" else 1))
+        self.whole_volume_max_voxels = whole_volume_max_voxels
+        if resize_to is not None and (len(resize_to) != 3 or min(int(v) for v in resize_to) < 1):
+            raise ModelError(f"--resize-to needs 3 positive sizes Z Y X, got {list(resize_to)}")
+        self.resize_to = None if resize_to is None else tuple(int(v) for v in resize_to)
+        self.amp = amp
+        self.networks = self.model.load_networks(self.folds, checkpoint, self.device)
+        if self.device.type == "cuda":
+            self.networks = [n.to(memory_format=torch.channels_last_3d) for n in self.networks]
+        self.weights_sha256 = self.model.weights_sha256(self.folds, checkpoint)
+        stride = [1, 1, 1]
+        for s in self.plans.strides:
+            stride = [a * int(b) for a, b in zip(stride, s)]
+        self.total_stride = stride
+
+    @property
+    def labels(self):
+        return self.model.labels
+
+    def metadata(self) -> dict:
+        """Provenance written into every output."""
+        return provenance(self.model.name, self.weights_sha256)
+
+    def predict(self, image: Image, progress: Optional[StageProgress] = None, source: str = "input",
+                keep_probabilities: bool = False) -> Prediction:
+        from RCSegNeXtCore.data.preprocess import preprocess_case, restore_to_original
+        from RCSegNeXtCore.data.resample import resample_image, resample_probabilities
+
+        notify = progress or (lambda stage, done, total: None)
+        array = np.asarray(image.array, dtype=np.float32)
+        array = array[None] if array.ndim == 3 else array
+        if array.shape[0] != self.plans.architecture.in_channels:
+            raise ImageReadError(f"{source}: has {array.shape[0]} channel(s), the model needs "
+                                 f"{self.plans.architecture.in_channels} ({', '.join(self.plans.channel_names.values())})")
+        if not np.isfinite(array).all():
+            raise ImageReadError(f"{source}: holds NaN or infinite voxel values; fix or re-export the image")
+        original = image.geometry
+        found = input_warnings(original, self.model, source)
+        for message in found:
+            warnings.warn(message, InputWarning, stacklevel=2)
+        notify("preprocess", 0, 1)
+        geometry = original
+        if self.resize_to is not None and tuple(self.resize_to) != tuple(original.shape):
+            geometry = resized_geometry(original, self.resize_to)
+            array = resample_image(array, geometry.shape, original.spacing, geometry.spacing, order=1,
+                                   order_thick_axis=1)
+        case = preprocess_case(Image(array, geometry), self.plans)
+        notify("preprocess", 1, 1)
+        probabilities, stats = predict_sliding_window(
+            self.networks, torch.from_numpy(np.ascontiguousarray(case.data)), self.plans.patch_size,
+            self.plans.num_classes, total_stride=self.total_stride, overlap=self.tile_overlap,
+            mirror_axes=self.plans.mirror_axes if self.tta else (), batch_tiles=self.batch_tiles,
+            whole_volume_max_voxels=self.whole_volume_max_voxels, device=self.device, amp=self.amp,
+            progress=lambda done, total: notify("predict", done, total))
+        notify("restore", 0, 1)
+        restored = restore_to_original(probabilities, case.properties)
+        restored = torch.as_tensor(restored, dtype=torch.float32)
+        if geometry is not original:
+            restored = resample_probabilities(restored, original.shape, geometry.spacing, original.spacing)
+        labels = torch.argmax(restored, dim=0).to(torch.uint8).numpy()
+        notify("restore", 1, 1)
+        return Prediction(labels, original, restored.numpy() if keep_probabilities else None, stats, found)
+

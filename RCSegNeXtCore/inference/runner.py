@@ -1,0 +1,189 @@
+"""Running the predictor over a file, a DICOM series folder or a folder of cases, losing nothing.
+
+A folder run shows a progress bar, skips cases whose output already exists (resumable), writes each output
+atomically, keeps going after a bad case and reports every failure at the end (the CLI then exits 1).
+
+`--progress-json` progress lines (one JSON object per line on stdout, flushed; the Slicer module parses them):
+  {"stage": "preprocess", "case": ID, "done": I, "total": N}
+  {"stage": "predict", "case": ID, "done": I, "total": N, "tiles_done": T, "tiles_total": TT}
+  {"stage": "export", "case": ID, "done": I, "total": N, "output": PATH, "warnings": [TEXT, ...]}
+  {"stage": "error", "case": ID, "done": I, "total": N, "message": TEXT}
+  {"stage": "done", "case": null, "done": N, "total": N, "written": [ID...], "skipped": [ID...],
+   "failed": [{"case": ID, "message": TEXT}, ...]}
+`done` counts the cases finished (written, skipped or failed) before this line; `total` is the number of cases;
+`tiles_*` count forward passes (tiles x mirrors x folds) of the current case. Skipped cases emit only an "export"
+line with "skipped": true.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, TextIO
+
+import numpy as np
+
+from RCSegNeXtCore.data.io import IMAGE_EXTENSIONS, Image, read_image, split_extension
+from RCSegNeXtCore.errors import ImageReadError, RCSegNeXtError
+from RCSegNeXtCore.inference.export import OUTPUT_FORMATS, write_prediction, write_probabilities
+from RCSegNeXtCore.progress import ProgressBar
+
+_CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+@dataclass
+class CaseInput:
+    case_id: str
+    paths: List[Path]                   # one per channel (a file or a DICOM series folder)
+
+
+@dataclass
+class RunResult:
+    written: List[str] = field(default_factory=list)
+    skipped: List[str] = field(default_factory=list)
+    failed: List[Dict[str, str]] = field(default_factory=list)
+
+
+def _is_image_file(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and \
+        any(path.name.lower().endswith(ext) for ext in IMAGE_EXTENSIONS)
+
+
+def _is_dicom_folder(path: Path) -> bool:
+    import SimpleITK as sitk
+    return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+
+
+def find_cases(input_path: str | os.PathLike, num_channels: int = 1) -> tuple[List[CaseInput], bool]:
+    """(cases, is_folder_of_cases). In a folder, each image file is a case (a trailing nnU-Net channel suffix
+    `_0000` is dropped from its name) and each sub-folder a DICOM series; with several channels, files
+    CASE_0000.ext ... CASE_{C-1}.ext are the channels of case CASE."""
+    path = Path(input_path)
+    if not path.exists():
+        raise ImageReadError(f"{path}: no such file or folder")
+    if path.is_file():
+        return [CaseInput(split_extension(path)[0], [path])], False
+    if _is_dicom_folder(path) and not any(_is_image_file(p) for p in path.iterdir()):
+        return [CaseInput(path.name, [path])], False
+    groups: Dict[str, List[Path]] = {}
+    for entry in sorted(path.iterdir()):
+        if _is_image_file(entry):
+            stem = split_extension(entry)[0]
+            match = _CHANNEL_SUFFIX.match(stem)
+            grouped = match and (num_channels > 1 or match.group("channel") == "0000")
+            groups.setdefault(match.group("case") if grouped else stem, []).append(entry)
+        elif entry.is_dir() and not entry.name.startswith("."):
+            groups.setdefault(entry.name, []).append(entry)   # a DICOM series per sub-folder (checked on read)
+    if not groups:
+        raise ImageReadError(f"{path}: holds no image files ({', '.join(IMAGE_EXTENSIONS)}) and no DICOM series")
+    return [CaseInput(case, sorted(paths)) for case, paths in groups.items()], True
+
+
+def read_case_image(case: CaseInput) -> Image:
+    """One case as an Image: (z, y, x) for one channel, (C, z, y, x) for several on the same grid."""
+    images = [read_image(p, np.float32) for p in case.paths]
+    if len(images) == 1:
+        return images[0]
+    for p, im in zip(case.paths[1:], images[1:]):
+        diffs = images[0].geometry.differences(im.geometry)
+        if diffs:
+            raise ImageReadError(f"case {case.case_id}: channel {p.name} is on another grid than "
+                                 f"{case.paths[0].name}: {'; '.join(diffs)}")
+    return Image(np.stack([im.array for im in images]), images[0].geometry)
+
+
+class JsonProgress:
+    """Writes the progress lines documented in this module's docstring."""
+
+    def __init__(self, stream: Optional[TextIO] = None, enabled: bool = True):
+        self.stream = stream or sys.stdout
+        self.enabled = enabled
+
+    def emit(self, stage: str, case: Optional[str], done: int, total: int, **extra) -> None:
+        if self.enabled:
+            self.stream.write(json.dumps({"stage": stage, "case": case, "done": done, "total": total, **extra}) + "\n")
+            self.stream.flush()
+
+
+def _probability_path(output: Path, folder_mode: bool) -> Path:
+    stem, _ = split_extension(output)
+    if folder_mode:
+        return output.parent / "probabilities" / f"{stem}.nrrd"
+    return output.with_name(f"{stem}_probabilities.nrrd")
+
+
+def run_prediction(predictor, input_path: str | os.PathLike, output: str | os.PathLike, fmt: Optional[str] = None,
+                   save_probabilities: bool = False, progress_json: bool = False, overwrite: bool = False,
+                   stream: Optional[TextIO] = None) -> RunResult:
+    """Predict every case under `input_path`; writes files under `output` (a file for one case, else a folder)."""
+    cases, folder_mode = find_cases(input_path, predictor.plans.architecture.in_channels)
+    as_folder = str(output).endswith(("/", os.sep))
+    output = Path(output)
+    if fmt is not None and fmt not in OUTPUT_FORMATS:
+        raise RCSegNeXtError(f"--format {fmt}: use one of {', '.join(OUTPUT_FORMATS)}")
+    if folder_mode and output.exists() and not output.is_dir():
+        raise RCSegNeXtError(f"{output} is a file; for a folder of cases the output must be a folder")
+    if folder_mode or output.is_dir() or as_folder:
+        targets = [output / f"{c.case_id}.{fmt or 'nii.gz'}" for c in cases]
+    else:
+        ext = split_extension(output)[1].lstrip(".").lower()
+        if fmt is not None and ext != fmt:
+            raise RCSegNeXtError(f"output {output} does not end with .{fmt}; name it {{name}}.{fmt} or drop --format")
+        if ext not in OUTPUT_FORMATS + ("nii", "mha"):
+            raise RCSegNeXtError(f"output {output}: unknown format .{ext}; use a name ending .nii.gz, .nrrd or "
+                                 ".seg.nrrd, or an existing folder")
+        targets = [output]
+    events = JsonProgress(stream, progress_json)
+    result = RunResult()
+    total = len(cases)
+    bar = ProgressBar(total, "predict", enabled=folder_mode and not progress_json, unit="case")
+    with bar:
+        for case, target in zip(cases, targets):
+            done = len(result.written) + len(result.skipped) + len(result.failed)
+            if folder_mode and target.exists() and not overwrite:
+                result.skipped.append(case.case_id)
+                events.emit("export", case.case_id, done, total, output=str(target), warnings=[], skipped=True)
+                bar.update(1)
+                continue
+            try:
+                events.emit("preprocess", case.case_id, done, total)
+                image = read_case_image(case)
+
+                passes = {}  # single case on a terminal: a bar over the forward passes
+
+                def on_progress(stage, step, steps, case_id=case.case_id, done=done):
+                    if stage != "predict":
+                        return
+                    events.emit("predict", case_id, done, total, tiles_done=step, tiles_total=steps)
+                    if not folder_mode and not progress_json:
+                        bar_ = passes.setdefault("bar", ProgressBar(steps, f"predict {case_id}", unit="pass"))
+                        bar_.update(step - bar_.count)
+                        if step == steps:
+                            bar_.close()
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # reported below and in the progress line instead
+                    prediction = predictor.predict(image, on_progress, source=f"case {case.case_id}",
+                                                   keep_probabilities=save_probabilities)
+                for message in prediction.warnings:
+                    print(f"warning: {message}", file=sys.stderr)
+                metadata = predictor.metadata()
+                write_prediction(prediction.labels, prediction.geometry, target, predictor.labels, metadata)
+                if save_probabilities:
+                    write_probabilities(prediction.probabilities, prediction.geometry,
+                                        _probability_path(target, folder_mode), predictor.labels, metadata)
+                result.written.append(case.case_id)
+                events.emit("export", case.case_id, done, total, output=str(target), warnings=prediction.warnings)
+            except (RCSegNeXtError, ValueError, RuntimeError, OSError, MemoryError) as exc:
+                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                events.emit("error", case.case_id, done, total, message=message)
+                if not folder_mode:
+                    raise
+                result.failed.append({"case": case.case_id, "message": message})
+            bar.update(1)
+    events.emit("done", None, total, total, written=result.written, skipped=result.skipped, failed=result.failed)
+    return result

@@ -1,0 +1,166 @@
+"""Sliding window: tile placement, Gaussian weighting, stitching, mirroring, whole-volume pass."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.signal.windows import gaussian as scipy_gaussian
+
+from RCSegNeXtCore.inference.sliding_window import (gaussian_importance, mirror_combinations,
+                                                     predict_sliding_window, tile_grid, tile_starts)
+
+
+@pytest.mark.parametrize("length,patch,overlap,expected", [
+    (24, 16, 2, [0, 8]),          # the paper's z: 2 tiles
+    (512, 320, 40, [0, 192]),     # the paper's y/x: 2 tiles (nnU-Net's step 0.5 places 3)
+    (16, 16, 2, [0]),
+    (10, 16, 2, [0]),
+    (100, 40, 5, [0, 30, 60]),    # ceil((100-40)/35)+1 = 3 tiles, spread evenly
+])
+def test_tile_starts_hand_computed(length, patch, overlap, expected):
+    assert tile_starts(length, patch, overlap) == expected
+
+
+def test_tile_starts_fewest_that_keep_the_overlap():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        patch = int(rng.integers(4, 64))
+        length = int(rng.integers(patch + 1, 6 * patch))
+        overlap = int(rng.integers(0, patch // 2))
+        starts = tile_starts(length, patch, overlap)
+        assert starts[0] == 0 and starts[-1] + patch == length
+        gaps = np.diff(starts)
+        assert (patch - gaps >= overlap).all()      # neighbours overlap by at least min_overlap
+        fewer = len(starts) - 1                      # one tile fewer cannot cover with that overlap
+        assert fewer == 1 or patch - (length - patch) / (fewer - 1) < overlap
+
+
+def test_gaussian_matches_scipy():
+    patch = (8, 16, 12)
+    weight = gaussian_importance(patch).numpy()
+    reference = np.einsum("i,j,k->ijk", *[scipy_gaussian(p, p / 8) for p in patch])
+    np.testing.assert_allclose(weight, np.maximum(reference / reference.max(), 1e-6), rtol=1e-5, atol=1e-7)
+    assert weight.max() == pytest.approx(1.0, abs=1e-6) and weight.min() > 0
+
+
+def test_mirror_combinations_skip_single_slice_axes():
+    assert len(mirror_combinations((0, 1, 2), (8, 8, 8))) == 8
+    assert mirror_combinations((0, 1, 2), (1, 8, 8)) == [(), (1,), (2,), (1, 2)]
+    assert mirror_combinations((), (8, 8, 8)) == [()]
+
+
+class Pointwise(torch.nn.Module):
+    """1x1x1 conv: each output voxel depends on its own input voxel only, so any tiling must give the same result."""
+
+    def __init__(self, classes=3):
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv = torch.nn.Conv3d(1, classes, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class SmallConv(torch.nn.Module):
+    """Two 3x3x3 convs without normalisation (receptive field 5 voxels), not mirror-symmetric."""
+
+    def __init__(self, classes=3):
+        super().__init__()
+        torch.manual_seed(2)
+        self.a = torch.nn.Conv3d(1, 6, 3, padding=1)
+        self.b = torch.nn.Conv3d(6, classes, 3, padding=1)
+
+    def forward(self, x):
+        return self.b(torch.nn.functional.gelu(self.a(x)))
+
+
+def _volume(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    smooth = rng.normal(size=shape).astype(np.float32)
+    return torch.from_numpy(smooth)[None]
+
+
+def test_pointwise_network_tiles_equal_direct_softmax():
+    data = _volume((11, 37, 29))
+    net = Pointwise().eval()
+    expected = torch.softmax(net(data[None]), 1)[0]
+    tiled, stats = predict_sliding_window([net], data, (8, 16, 16), 3, overlap=0.125, whole_volume_max_voxels=0)
+    assert stats.mode == "tiles" and stats.tile_grid == [2, 3, 2] and stats.forward_passes == 12
+    torch.testing.assert_close(tiled, expected, atol=1e-5, rtol=1e-5)
+    whole, stats = predict_sliding_window([net], data, (8, 16, 16), 3, total_stride=(1, 4, 4))
+    assert stats.mode == "whole-volume" and stats.forward_passes == 1 and stats.padded_shape == (11, 40, 32)
+    torch.testing.assert_close(whole, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_conv_network_minimal_tiles_equivalent_to_whole_volume_and_dense_tiling():
+    data = _volume((20, 48, 40), seed=3)
+    net = SmallConv().eval()
+    whole, _ = predict_sliding_window([net], data, (12, 24, 24), 3)
+    tiled, stats = predict_sliding_window([net], data, (12, 24, 24), 3, overlap=0.125, whole_volume_max_voxels=0)
+    dense, dense_stats = predict_sliding_window([net], data, (12, 24, 24), 3, overlap=0.5, whole_volume_max_voxels=0)
+    assert stats.tiles == 2 * 3 * 2 and dense_stats.tiles > stats.tiles
+    assert (tiled - whole).abs().mean() < 0.01
+    assert (tiled - dense).abs().mean() < 0.01
+    assert (tiled.argmax(0) == whole.argmax(0)).float().mean() > 0.98
+    torch.testing.assert_close(tiled.sum(0), torch.ones(data.shape[1:]), atol=1e-5, rtol=0)
+
+
+def test_mirroring_is_the_mean_of_flipped_passes_and_networks_are_averaged():
+    data = _volume((6, 16, 16), seed=4)
+    nets = [SmallConv().eval(), Pointwise().eval()]
+    out, stats = predict_sliding_window(nets, data, (6, 16, 16), 3, mirror_axes=(0, 1, 2))
+    assert stats.mirrors == 8 and stats.forward_passes == 16
+    expected = torch.zeros_like(out)
+    with torch.no_grad():
+        for net in nets:
+            for r in range(4):
+                for combo in itertools.combinations((2, 3, 4), r):
+                    flipped = torch.flip(data[None], combo) if combo else data[None]
+                    p = torch.softmax(net(flipped), 1)
+                    expected += (torch.flip(p, combo) if combo else p)[0]
+    torch.testing.assert_close(out, expected / 16, atol=1e-5, rtol=1e-5)
+
+
+def test_batched_tiles_give_the_same_result_and_progress_counts_passes():
+    data = _volume((14, 30, 30), seed=5)
+    net = SmallConv().eval()
+    calls = []
+    one, s1 = predict_sliding_window([net], data, (8, 16, 16), 3, whole_volume_max_voxels=0,
+                                     progress=lambda d, t: calls.append((d, t)))
+    three, s3 = predict_sliding_window([net], data, (8, 16, 16), 3, batch_tiles=3, whole_volume_max_voxels=0)
+    torch.testing.assert_close(one, three, atol=1e-5, rtol=1e-5)
+    assert s1.forward_passes == s3.forward_passes == s1.tiles == 8
+    assert calls[-1] == (8, 8) and len(calls) == 8
+
+
+def test_small_volume_is_padded_and_cropped_back():
+    data = _volume((3, 10, 9), seed=6)
+    net = Pointwise().eval()
+    out, stats = predict_sliding_window([net], data, (8, 16, 16), 3, whole_volume_max_voxels=0)
+    assert out.shape == (3, 3, 10, 9) and stats.tiles == 1 and stats.padded_shape == (8, 16, 16)
+    torch.testing.assert_close(out, torch.softmax(net(data[None]), 1)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_real_network_whole_volume_needs_stride_padding():
+    from RCSegNeXtCore.network import build_network
+    net = build_network([[1, 3, 3], [1, 3, 3], [3, 3, 3]], [[1, 2, 2], [2, 2, 2]], base_channels=4).eval()
+    data = _volume((5, 22, 19), seed=7)   # not divisible by the total stride (2, 4, 4)
+    out, stats = predict_sliding_window([net], data, (4, 16, 16), 3, total_stride=(2, 4, 4))
+    assert stats.mode == "whole-volume" and stats.padded_shape == (6, 24, 20) and out.shape == (3, 5, 22, 19)
+    tiles, tstats = predict_sliding_window([net], data, (4, 16, 16), 3, whole_volume_max_voxels=0)
+    assert tstats.tiles == math.prod(len(tile_starts(s, p, math.ceil(p / 8))) for s, p in zip((5, 22, 19), (4, 16, 16)))
+    assert tiles.shape == out.shape and len(tile_grid((5, 22, 19), (4, 16, 16), 0.125)) == tstats.tiles
+
+
+def test_paper_volume_needs_8_tiles_where_nnunet_default_places_18():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "inference.py"
+    spec = importlib.util.spec_from_file_location("bench_inference", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.nnunet_steps(24, 16) == [0, 8] and bench.nnunet_steps(512, 320) == [0, 96, 192]
+    assert len(tile_grid((24, 512, 512), (16, 320, 320), 0.125)) == 8     # vs 2 x 3 x 3 = 18 (x 8 mirrors = 144)

@@ -1,0 +1,259 @@
+"""Inference speed against the field's default, in one process, on the same weights and volume.
+
+  (a)  reference: nnU-Net v2's default sliding window (step = half the patch, Gaussian sigma = patch/8, logits
+       averaged over the 8 mirrorings, softmax at the end), re-implemented here independently of RCSegNeXtCore;
+  (a') the same without mirroring;
+  (b)  RCSegNeXtCore.inference.sliding_window with its defaults (fewest tiles with 1/8 overlap, or one
+       whole-volume pass when it fits in memory);
+  (c)  (b) with mirroring TTA over the plan's axes.
+Printed: wall time, peak memory (CUDA: max allocated; CPU: peak resident-set growth during the run), forward passes
+(one network call on one tile; a whole-volume pass also counted in patch-equivalents = voxels / patch voxels),
+mean |p - p_ref| of the softmax probabilities and per-class Dice agreement of the argmax label maps.
+
+On a slow CPU (a)'s mirrored cost is extrapolated from one tile's 8 passes (--full-reference runs it; on CUDA it is
+run by default); then |(c)-(a)| cannot be computed and |(c)-(a')| is shown instead.
+
+  python benchmarks/inference.py                          # CPU: base width 8, [24, 512, 512], patch [16, 320, 320]
+  python benchmarks/inference.py --device cuda            # full width (32), (a) run in full
+  python benchmarks/inference.py --model-dir MODEL_DIR    # a trained model folder (fold 0)
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from RCSegNeXtCore.inference.sliding_window import predict_sliding_window  # noqa: E402
+
+
+# -- (a) nnU-Net v2 default tiling, re-implemented from its documented behaviour ---------------------------------------
+def nnunet_steps(size: int, patch: int, step_fraction: float = 0.5) -> list[int]:
+    """Tile starts: as many steps of <= step_fraction x patch as needed, spread evenly from 0 to size - patch."""
+    if size <= patch:
+        return [0]
+    count = int(math.ceil((size - patch) / (patch * step_fraction))) + 1
+    actual = (size - patch) / (count - 1)
+    return [int(round(actual * i)) for i in range(count)]
+
+
+def nnunet_gaussian(patch) -> torch.Tensor:
+    grids = torch.meshgrid(*[torch.arange(p, dtype=torch.float64) for p in patch], indexing="ij")
+    exponent = sum(((g - (p - 1) / 2.0) / (p / 8.0)) ** 2 for g, p in zip(grids, patch))
+    gauss = torch.exp(-0.5 * exponent)
+    gauss = gauss / gauss.max() * 10.0
+    gauss[gauss == 0] = gauss[gauss > 0].min()
+    return gauss.float()
+
+
+@torch.inference_mode()
+def nnunet_reference(net, data: torch.Tensor, patch, num_classes: int, mirror: bool, device, amp: bool,
+                     tiles_limit: int | None = None):
+    """Softmax of Gaussian-weighted, mirror-averaged logits; returns (probabilities or None, passes, tiles)."""
+    shape = data.shape[1:]
+    pad = [max(p - s, 0) for s, p in zip(shape, patch)]
+    padding = [v for a in reversed(pad) for v in (a // 2, a - a // 2)]
+    x = torch.nn.functional.pad(data, padding).to(device)
+    starts = [nnunet_steps(s, p) for s, p in zip(x.shape[1:], patch)]
+    tiles = list(itertools.product(*starts))
+    gauss = nnunet_gaussian(patch).to(device)
+    logits_sum = torch.zeros((num_classes, *x.shape[1:]), device=device)
+    weight_sum = torch.zeros(x.shape[1:], device=device)
+    flips = [c for r in range(4) for c in itertools.combinations((2, 3, 4), r)] if mirror else [()]
+    passes = 0
+    for tile in tiles[:tiles_limit]:
+        region = tuple(slice(s, s + p) for s, p in zip(tile, patch))
+        t = x[(slice(None), *region)][None]
+        out = torch.zeros((1, num_classes, *patch), device=device)
+        for dims in flips:
+            with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+                y = net(torch.flip(t, dims) if dims else t).float()
+            out += torch.flip(y, dims) if dims else y
+            passes += 1
+        logits_sum[(slice(None), *region)] += out[0] / len(flips) * gauss
+        weight_sum[region] += gauss
+    if tiles_limit is not None:
+        return None, passes, len(tiles)
+    probs = torch.softmax(logits_sum / weight_sum, 0)
+    crop = tuple(slice(a // 2, a // 2 + s) for a, s in zip(pad, shape))
+    return probs[(slice(None), *crop)].cpu(), passes, len(tiles)
+
+
+# -- measuring -----------------------------------------------------------------------------------------------------------
+class PeakMemory:
+    """Peak CUDA memory allocated, or peak growth of the process's resident set (sampled every 20 ms) on CPU."""
+
+    def __init__(self, device):
+        self.device, self.peak, self._stop = device, 0, threading.Event()
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            self.base = self._rss()
+            self.thread = threading.Thread(target=self._sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self._rss() - self.base)
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.base
+        else:
+            self._stop.set()
+            self.thread.join()
+            self.peak = max(self.peak, self._rss() - self.base)
+
+
+def timed(device, fn):
+    with PeakMemory(device) as memory:
+        start = time.perf_counter()
+        result = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    return result, seconds, memory.peak
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return float("nan") if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def agreement(p: torch.Tensor, q: torch.Tensor, num_classes: int) -> str:
+    la, lb = p.argmax(0).numpy(), q.argmax(0).numpy()
+    dices = " ".join(f"{dice(la == k, lb == k):.4f}" for k in range(1, num_classes))
+    return f"mean|dp| {float((p - q).abs().mean()):.5f}  max|dp| {float((p - q).abs().max()):.4f}  Dice/class {dices}"
+
+
+def synthetic_volume(shape, seed=0) -> torch.Tensor:
+    """A smooth, z-scored volume with structure at several scales (so the network's output varies)."""
+    gen = torch.Generator().manual_seed(seed)
+    volume = torch.zeros(1, 1, *shape)
+    for scale in (4, 16, 64):
+        coarse = torch.randn(1, 1, *[max(2, s * scale // 512 + 2) for s in shape], generator=gen)
+        volume += torch.nn.functional.interpolate(coarse, size=shape, mode="trilinear", align_corners=False)
+    volume += 0.3 * torch.randn(1, 1, *shape, generator=gen)
+    return ((volume - volume.mean()) / volume.std())[0]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--model-dir", default=None, help="a model folder (fold 0 is used); default random weights")
+    parser.add_argument("--base-channels", type=int, default=None, help="width (default 8 on CPU, 32 on CUDA)")
+    parser.add_argument("--shape", type=int, nargs=3, default=[24, 512, 512])
+    parser.add_argument("--spacing", type=float, nargs=3, default=[4.0, 0.875, 0.875])
+    parser.add_argument("--patch", type=int, nargs=3, default=[16, 320, 320])
+    parser.add_argument("--full-reference", action="store_true", help="run (a) in full (default on CUDA)")
+    parser.add_argument("--skip-tta", action="store_true", help="do not run (c)")
+    parser.add_argument("--also-tiles", action="store_true",
+                        help="also run (b) forced to tile (fewest tiles, no whole-volume pass)")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.model_dir:
+        from RCSegNeXtCore.inference.model_folder import ModelFolder
+        model = ModelFolder(args.model_dir)
+        plans, net = model.plans, model.load_networks([model.folds[0]], device=device)[0]
+        source = f"model folder {model.name} fold {model.folds[0]}"
+    else:
+        from RCSegNeXtCore.data.planning import make_plans_from_values
+        width = args.base_channels or (32 if device.type == "cuda" else 8)
+        plans = make_plans_from_values(args.spacing, args.patch, base_channels=width)
+        torch.manual_seed(0)
+        net = plans.build_network().to(device).eval()
+        source = "random weights (seed 0)"
+    amp = device.type == "cuda"
+    if device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last_3d)
+    patch, classes = list(plans.patch_size), plans.num_classes
+    stride = [math.prod(s[a] for s in plans.strides) for a in range(3)]
+    data = synthetic_volume(args.shape)
+    full = args.full_reference or device.type == "cuda"
+    patch_voxels = math.prod(patch)
+    print(f"device {device} ({torch.get_num_threads()} threads)" if device.type == "cpu" else f"device {device} "
+          f"({torch.cuda.get_device_name(device)}, autocast + channels_last_3d)")
+    print(f"network base width {plans.architecture.base_channels}, {source}; volume {args.shape} at spacing "
+          f"{plans.target_spacing}; patch {patch}; mirror axes {plans.mirror_axes}")
+
+    with torch.inference_mode():  # warm-up (kernel selection) so the first timed run is not penalised
+        net(data[None, :, :patch[0], :patch[1], :patch[2]].to(device))
+    rows = []
+
+    def report(row):
+        rows.append(row)
+        print(f"  done: {row[0]}: {row[1]:.1f} s, {row[3]} passes {row[5]}", flush=True)
+    ref_np, t, mem = timed(device, lambda: nnunet_reference(net, data, patch, classes, False, device, amp))
+    p_a1, passes, tiles = ref_np
+    report(("(a') nnU-Net default, no mirroring", t, mem, passes, passes, ""))
+    if full:
+        (p_a, passes_a, _), t_a, mem_a = timed(device, lambda: nnunet_reference(net, data, patch, classes, True,
+                                                                                device, amp))
+        report(("(a)  nnU-Net default (8 mirrors)", t_a, mem_a, passes_a, passes_a, ""))
+    else:
+        (_, one, _), t_one, mem_a = timed(device, lambda: nnunet_reference(net, data, patch, classes, True, device,
+                                                                          amp, tiles_limit=1))
+        p_a, passes_a = None, one * tiles
+        report(("(a)  nnU-Net default (8 mirrors)", t_one * tiles, mem_a, passes_a, passes_a,
+                f"extrapolated: {tiles} tiles x one tile's 8 passes ({t_one:.1f} s); "
+                f"8 x (a') would be {8 * t:.0f} s"))
+    ours = {}
+    runs = [("(b)  RCSegNeXt default", (), None)]
+    if not args.skip_tta:
+        runs.append(("(c)  RCSegNeXt + TTA", tuple(plans.mirror_axes), None))
+    if args.also_tiles:
+        runs.append(("(b') RCSegNeXt, tiles only", (), 0))
+    for name, mirror, limit in runs:
+        (probs, stats), t, mem = timed(device, lambda m=mirror, v=limit: predict_sliding_window(
+            [net], data, patch, classes, total_stride=stride, mirror_axes=m, device=device, amp=amp,
+            whole_volume_max_voxels=v))
+        equivalents = stats.forward_passes * math.prod(stats.padded_shape if stats.mode == "whole-volume" else patch) \
+            / patch_voxels
+        ours[name[:3]] = probs
+        report((name, t, mem, stats.forward_passes, equivalents, f"{stats.mode}, tiles {stats.tile_grid}"))
+
+    base = rows[1][1]
+    print(f"\n| run | wall s | x faster than (a) | peak mem MiB | forward passes | patch-equivalents | note |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for name, t, mem, passes, eq, note in rows:
+        print(f"| {name} | {t:.1f} | {base / t:.1f} | {mem / 2**20:.0f} | {passes} | {eq:.1f} | {note} |")
+    print(f"\n(b) vs (a'): {agreement(ours['(b)'], p_a1, classes)}")
+    tiles_only = ours.get("(b'")
+    if tiles_only is not None:
+        print(f"(b') vs (a'): {agreement(tiles_only, p_a1, classes)}")
+    if "(c)" in ours:
+        if p_a is not None:
+            print(f"(c) vs (a):  {agreement(ours['(c)'], p_a, classes)}")
+        else:
+            print(f"(c) vs (a):  not computed ((a) extrapolated; run --full-reference); (c) vs (a'): "
+                  f"{agreement(ours['(c)'], p_a1, classes)}")
+    print("targets on CPU: (b) >= 10x faster than (a); (b) forward passes <= half of (a'); mean|dp| (b)-(a') <= 0.02")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
