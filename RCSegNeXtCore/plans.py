@@ -52,6 +52,7 @@ class Plans:
     mirror_axes: List[int] = field(default_factory=lambda: [0, 1, 2])  # axes for test-time mirroring
     median_shape: Optional[List[int]] = None
     median_spacing: Optional[List[float]] = None
+    slice_orientation: Optional[str] = None  # plane of the training series (sagittal for the paper's data)
     intensity_properties: Optional[Dict[str, Any]] = None  # per channel, from the dataset fingerprint
     dataset_name: str = ""
     num_training_cases: Optional[int] = None

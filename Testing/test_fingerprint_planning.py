@@ -218,6 +218,7 @@ def test_real_sagittal_dataset_round_trip(real_data, tmp_path):
     write_dataset_json(raw, num_training=3)
     plans, results = _round_trip(raw, tmp_path, ["--base-channels", "8"])
     assert plans.target_spacing == pytest.approx([3.6, 0.5625, 0.5625], rel=1e-6)
+    assert plans.slice_orientation == "sagittal"  # PIR series: the thick axis runs left-right
     for case_id in ("psx0000", "psx0001"):
         original, restored, properties = results[case_id]
         assert properties["resampled"] is False
@@ -241,6 +242,7 @@ def test_real_rectal_dataset_round_trip(real_data, tmp_path, target):
     write_dataset_json(raw, labels={"background": 0, "tumour": 1}, num_training=1)
     spacing_args = [] if target is None else ["--spacing", *map(str, target)]
     plans, results = _round_trip(raw, tmp_path, ["--patch", "16", "64", "64", *spacing_args])
+    assert plans.slice_orientation == "axial"  # an axial rectal series
     original, restored, properties = results["rectal"]
     dice = _dice(restored == 1, original == 1)
     print(f"rectal tumour round trip via spacing {plans.target_spacing}: preprocessed shape "

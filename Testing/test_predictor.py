@@ -16,7 +16,7 @@ from RCSegNeXtCore.cli import main as cli
 from RCSegNeXtCore.data.io import Geometry, Image, read_geometry, read_image, write_image
 from RCSegNeXtCore.data.planning import make_plans_from_values
 from RCSegNeXtCore.inference.model_folder import ModelFolder, init_model_folder
-from RCSegNeXtCore.inference.predictor import Predictor, input_warnings, resized_geometry, slice_orientation
+from RCSegNeXtCore.inference.predictor import Predictor, input_warnings, resized_geometry
 
 REPO = Path(__file__).resolve().parents[1]
 _c, _s = np.cos(np.radians(15)), np.sin(np.radians(15))
@@ -135,7 +135,7 @@ def test_bad_single_input_is_a_clear_error(model_dir, tmp_path, capsys):
 def test_warns_for_an_axial_series_given_to_a_sagittal_model(model_dir, tmp_path):
     model = ModelFolder(model_dir)
     axial = Geometry((20, 256, 256), (3.0, 0.43, 0.43), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
-    assert slice_orientation(axial) == "axial" and slice_orientation(SAGITTAL) == "sagittal"
+    assert axial.slice_orientation() == "axial" and SAGITTAL.slice_orientation() == "sagittal"
     found = input_warnings(axial, model, "case A")
     assert len(found) == 1 and "spacing" in found[0] and "case A" in found[0]   # 0.43 vs 0.875
     data = json.loads((model_dir / "dataset.json").read_text())
@@ -173,7 +173,7 @@ def test_real_sagittal_dicom_series_gives_exactly_its_geometry(real_data, model_
     expected = read_geometry(series)
     written = read_image(tmp_path / "sag.seg.nrrd")
     assert written.geometry.matches(expected, 1e-6), written.geometry.differences(expected)
-    assert written.geometry.shape == (19, 320, 320) and slice_orientation(expected) == "sagittal"
+    assert written.geometry.shape == (19, 320, 320) and expected.slice_orientation() == "sagittal"
 
 
 def test_find_cases_names_and_channels(tmp_path):

@@ -6,7 +6,8 @@ statistics of the labelled (foreground) voxels are kept per channel; MRI channel
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Tuple
+from collections import Counter
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -44,6 +45,7 @@ def case_fingerprint(case) -> Tuple[Dict[str, Any], List[np.ndarray]]:
         samples.append(values[take].astype(np.float32))
     info = {"case_id": case.case_id, "spacing": [float(s) for s in image.geometry.spacing],
             "shape": [int(n) for n in image.geometry.shape],
+            "slice_orientation": image.geometry.slice_orientation(),
             "shape_after_crop": [hi - lo for lo, hi in bbox], "crop_bbox": bbox,
             "foreground_voxels": int(mask.sum()), "intensity_statistics": {str(c): s for c, s in enumerate(stats)},
             "classes_present": [] if label is None else [int(v) for v in np.unique(label.array[crop])]}
@@ -52,6 +54,11 @@ def case_fingerprint(case) -> Tuple[Dict[str, Any], List[np.ndarray]]:
 
 def _normalization_for(channel_name: str) -> str:
     return "ct" if channel_name.strip().upper() == "CT" else "zscore"  # MRI (T2, ...): per-case z-score
+
+
+def _majority(values) -> Optional[str]:
+    counts = Counter(v for v in values if v)
+    return counts.most_common(1)[0][0] if counts else None
 
 
 def compute_fingerprint(dataset, workers: int = 1, progress: bool = True) -> Dict[str, Any]:
@@ -78,6 +85,7 @@ def compute_fingerprint(dataset, workers: int = 1, progress: bool = True) -> Dic
         "channel_names": channel_names,
         "normalization": [_normalization_for(channel_names[k]) for k in sorted(channel_names, key=int)],
         "median_spacing": [float(v) for v in np.median(spacings, axis=0)],
+        "slice_orientation": _majority(info.get("slice_orientation") for info in cases),
         "median_shape_after_crop": [float(v) for v in np.median(shapes, axis=0)],
         "intensity_properties": intensity,
         "cases": cases,

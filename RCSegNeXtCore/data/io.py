@@ -76,6 +76,15 @@ class Geometry:
         matrix[:3, 3] = self.origin
         return matrix
 
+    def slice_orientation(self) -> Optional[str]:
+        """'sagittal' | 'coronal' | 'axial': the plane of the slices, i.e. the patient (LPS) axis the thickest voxel
+        axis points along most; None for a near-isotropic grid (no slice axis)."""
+        spacing = np.asarray(self.spacing, float)
+        if spacing.max() / spacing.min() < 1.5:
+            return None
+        column = self.direction_matrix[:, 2 - int(np.argmax(spacing))]  # array axis (z,y,x) -> ITK index 2 - axis
+        return ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(column)))]
+
     def differences(self, other: "Geometry", tolerance: float = 1e-4) -> list[str]:
         """Human-readable list of what differs from `other` (empty when the grids match)."""
         found = []

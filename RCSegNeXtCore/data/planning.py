@@ -95,6 +95,7 @@ def make_plans(fingerprint: Dict[str, Any], dataset: Optional[Any] = None, **ove
                   median_shape=[int(round(v)) for v in median_shape], median_spacing=[float(v) for v in median_spacing],
                   intensity_properties=fingerprint["intensity_properties"],
                   dataset_name=str(fingerprint.get("dataset_name", "")),
-                  num_training_cases=int(fingerprint["num_cases"]))
+                  num_training_cases=int(fingerprint["num_cases"]),
+                  slice_orientation=fingerprint.get("slice_orientation"))
     values.update(overrides)
     return make_plans_from_values(spacing, patch, **values)

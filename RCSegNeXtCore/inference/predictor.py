@@ -23,7 +23,6 @@ from RCSegNeXtCore.inference.sliding_window import WindowStats, predict_sliding_
 
 # progress(stage, done, total): stage "preprocess" | "predict" (done/total = forward passes) | "restore"
 StageProgress = Callable[[str, int, int], None]
-ORIENTATIONS = {0: "sagittal", 1: "coronal", 2: "axial"}  # LPS axis a slice normal points along -> plane
 
 
 class InputWarning(UserWarning):
@@ -47,16 +46,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def slice_orientation(geometry: Geometry) -> Optional[str]:
-    """'sagittal' | 'coronal' | 'axial' for the plane of the thick (slice) axis, None for a near-isotropic grid."""
-    spacing = np.asarray(geometry.spacing, float)
-    if spacing.max() / spacing.min() < 1.5:
-        return None
-    axis = int(np.argmax(spacing))                       # array axis (z, y, x) -> ITK index 2 - axis
-    column = geometry.direction_matrix[:, 2 - axis]
-    return ORIENTATIONS[int(np.argmax(np.abs(column)))]
-
-
 def input_warnings(geometry: Geometry, model: ModelFolder, source: str = "input") -> List[str]:
     """Why an input may be far from the training data: spacing per axis off by > 2x, another slice plane."""
     found = []
@@ -67,7 +56,7 @@ def input_warnings(geometry: Geometry, model: ModelFolder, source: str = "input"
                      f"training data's {tuple(round(float(s), 4) for s in reference)}; check the series (results "
                      "may be poor)")
     expected = model.raw_plans.get("slice_orientation") or model.dataset_json.get("slice_orientation")
-    found_plane = slice_orientation(geometry)
+    found_plane = geometry.slice_orientation()
     if expected and found_plane and found_plane != expected:
         found.append(f"{source}: a {found_plane} series given to a model trained on {expected} series; "
                      f"use the {expected} acquisition (results may be poor)")
