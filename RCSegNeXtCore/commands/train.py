@@ -1,0 +1,94 @@
+"""`rcsegnext train`: train RCSegNeXt on a raw nnU-Net-layout dataset with the paper's recipe (Section 3.1)."""
+from __future__ import annotations
+
+import argparse
+
+HELP = "train on a raw dataset (plans, preprocesses, 5-fold cross-validation, resume, multi-GPU)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", help="raw dataset folder (imagesTr/, labelsTr/, dataset.json)")
+    parser.add_argument("-o", "--output", required=True, help="run folder = model folder (plans.json, fold_K/)")
+    parser.add_argument("--fold", default="0", help="fold 0..N-1, or 'all' (every case, no validation); default 0")
+    parser.add_argument("--folds", nargs="+", default=None, help="several folds in turn, e.g. --folds 0 1 2 3 4")
+    parser.add_argument("--num-folds", type=int, default=5, help="folds of a new split (default 5)")
+    parser.add_argument("--splits", default=None, help="an existing nnU-Net splits_final.json to use")
+    parser.add_argument("--plans", default=None, help="plans.json to use instead of planning from the dataset")
+    parser.add_argument("--preprocessed", default=None,
+                        help="preprocess cache folder (default RUN/preprocessed; reused when present)")
+    parser.add_argument("--target-spacing", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                        help="resample to this spacing instead of the dataset's median")
+    recipe = parser.add_argument_group("recipe (defaults: the paper's)")
+    recipe.add_argument("--epochs", type=int, default=100, help="default 100")
+    recipe.add_argument("--iterations-per-epoch", type=int, default=250, help="default 250")
+    recipe.add_argument("--val-iterations", type=int, default=50, help="validation patches per epoch (default 50)")
+    recipe.add_argument("--batch-size", type=int, default=None, help="default: the plan's (2)")
+    recipe.add_argument("--patch-size", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                        help="default: the plan's ([16, 320, 320] for Dataset A)")
+    recipe.add_argument("--lr", type=float, default=0.01, help="initial learning rate (poly decay); default 0.01")
+    recipe.add_argument("--seed", type=int, default=0)
+    recipe.add_argument("--deterministic", action="store_true", help="deterministic algorithms (bit-identical resume)")
+    recipe.add_argument("--no-augmentation", action="store_true", help="train without data augmentation")
+    recipe.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    arch = parser.add_argument_group("network (ablations of Table 3)")
+    arch.add_argument("--base-channels", type=int, default=None, help="width of the first stage (paper: 32)")
+    arch.add_argument("--scale", type=int, default=None, help="Res2Net/IsoNeXt scale (paper: 4)")
+    arch.add_argument("--expansion", type=int, default=None, help="block expansion ratio (paper: 2)")
+    arch.add_argument("--aniso-block", default=None, help="block of the anisotropic stages (default aninext)")
+    arch.add_argument("--iso-block", default=None, help="block of the isotropic stages (default isonext)")
+    arch.add_argument("--deep-supervision", action="store_true", help="deep supervision (off in the paper)")
+    run = parser.add_argument_group("running")
+    run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    run.add_argument("--gpus", type=int, default=1,
+                     help="data-parallel processes (DDP); with --device cpu, that many gloo CPU processes")
+    run.add_argument("--num-workers", type=int, default=1, help="threads preparing patches / processes "
+                     "preprocessing (default 1)")
+    run.add_argument("--threads", type=int, default=None,
+                     help="CPU threads per process (default: the idle cores, by the load average)")
+    run.add_argument("--resume", action="store_true", help="continue from fold_K/checkpoint_latest.pt")
+    run.add_argument("--no-validation", action="store_true",
+                     help="skip predicting and evaluating the held-out cases after training")
+    run.add_argument("--skip-memory-check", action="store_true", help="do not estimate CPU memory first")
+
+
+def config_from_args(args: argparse.Namespace, device: str) -> dict:
+    from dataclasses import asdict
+    from RCSegNeXtCore.training.trainer import TrainConfig
+    return asdict(TrainConfig(epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
+                              val_iterations=args.val_iterations, lr=args.lr, seed=args.seed,
+                              deterministic=args.deterministic, device=device, amp=not args.no_amp,
+                              num_workers=0 if args.deterministic else args.num_workers,
+                              augment=not args.no_augmentation, threads=args.threads))
+
+
+def run(args: argparse.Namespace) -> int:
+    from RCSegNeXtCore.errors import RCSegNeXtError
+    from RCSegNeXtCore.training.distributed import barrier, init_distributed
+    from RCSegNeXtCore.training.memory import check_fits
+    from RCSegNeXtCore.training.pipeline import prepare_run, run_training
+    from RCSegNeXtCore.training.trainer import resolve_device
+
+    device = resolve_device(args.device)
+    if device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise RCSegNeXtError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu")
+    if args.gpus < 1:
+        raise RCSegNeXtError(f"--gpus must be >= 1, got {args.gpus}")
+    def check_memory(plans) -> None:
+        if args.skip_memory_check:
+            return
+        estimate = check_fits(plans, plans.batch_size, plans.patch_size, device)  # all CPU ranks share the RAM
+        if estimate is not None:
+            print(f"memory estimate: {estimate.gib:.1f} GiB for batch {plans.batch_size} x patch "
+                  f"{plans.patch_size} on CPU", flush=True)
+
+    dist = init_distributed(device)          # under torchrun: rank 0 prepares, the others wait
+    if dist.is_main:
+        setup = prepare_run(args, check_memory)
+    barrier(dist)
+    if not dist.is_main:
+        setup = prepare_run(args)            # finds the cache and plans rank 0 wrote
+    run_training(setup, config_from_args(args, device), args.resume, args.gpus,
+                 validate=not args.no_validation)
+    return 0

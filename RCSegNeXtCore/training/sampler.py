@@ -1,0 +1,124 @@
+"""Patch sampling from preprocessed cases with foreground oversampling (nnU-Net's recipe, Section 3.1).
+
+Each patch is, with probability `oversample_foreground` (1/3), centred on a random voxel of a random foreground
+class present in the case (tumour included), otherwise placed uniformly. Cases smaller than the patch are padded
+with zeros (labels: background). Draws come from one numpy Generator whose state is checkpointed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+
+@dataclass
+class TrainingCase:
+    case_id: str
+    data: np.ndarray                    # (C, z, y, x) float32, possibly a memory map
+    label: np.ndarray                   # (z, y, x) integer
+    class_locations: Dict[int, np.ndarray]  # class -> (N, 3) voxel indices (z, y, x)
+
+
+def class_locations_from(properties: dict | None, label: np.ndarray, max_per_class: int = 10000,
+                         seed: int = 1234) -> Dict[int, np.ndarray]:
+    """Foreground voxel lists from the cache's `class_locations` property, or computed from the label."""
+    out: Dict[int, np.ndarray] = {}
+    stored = (properties or {}).get("class_locations")
+    if stored:
+        for key, coords in stored.items():
+            arr = np.asarray(coords, dtype=np.int64).reshape(-1, 3)
+            if int(key) > 0 and len(arr):
+                out[int(key)] = arr
+        return out
+    rng = np.random.default_rng(seed)
+    for value in np.unique(np.asarray(label)):
+        if value <= 0:
+            continue
+        coords = np.argwhere(np.asarray(label) == value)
+        if len(coords) > max_per_class:
+            coords = coords[rng.choice(len(coords), max_per_class, replace=False)]
+        out[int(value)] = coords
+    return out
+
+
+class PatchSampler:
+    """`images, labels, forced = sampler.batch(n)` -> ([n,C,*size] float32, [n,*size] int16, [n] bool)."""
+
+    def __init__(self, cases: Sequence[TrainingCase], size: Sequence[int], oversample_foreground: float = 1 / 3,
+                 seed: int = 0):
+        if not cases:
+            raise ValueError("no training cases to sample from")
+        self.cases, self.size = list(cases), [int(s) for s in size]
+        self.oversample = oversample_foreground
+        self.rng = np.random.default_rng(seed)
+
+    def batch(self, n: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        images, labels, forced = [], [], []
+        for _ in range(n):
+            case = self.cases[int(self.rng.integers(len(self.cases)))]
+            force = bool(self.rng.random() < self.oversample)
+            image, label, used = self.patch(case, force)
+            images.append(image)
+            labels.append(label)
+            forced.append(used)
+        return np.stack(images), np.stack(labels), np.asarray(forced)
+
+    def patch(self, case: TrainingCase, force_foreground: bool) -> Tuple[np.ndarray, np.ndarray, bool]:
+        shape = case.label.shape
+        centre: Optional[List[int]] = None
+        if force_foreground and case.class_locations:
+            classes = sorted(case.class_locations)
+            cls = classes[int(self.rng.integers(len(classes)))]
+            coords = case.class_locations[cls]
+            centre = [int(v) for v in coords[int(self.rng.integers(len(coords)))]]
+        starts = []
+        for axis, (s, p) in enumerate(zip(shape, self.size)):
+            if centre is not None:
+                start = centre[axis] - p // 2
+                start = min(max(start, min(0, s - p)), max(0, s - p))  # keep inside, or centred when s < p
+            else:
+                start = int(self.rng.integers(0, s - p + 1)) if s >= p else (s - p) // 2
+            starts.append(start)
+        image = _crop(case.data, starts, self.size, leading=1)
+        label = _crop(case.label, starts, self.size, leading=0)
+        return image.astype(np.float32, copy=False), label.astype(np.int16, copy=False), centre is not None
+
+
+def _crop(array: np.ndarray, starts: Sequence[int], size: Sequence[int], leading: int) -> np.ndarray:
+    """array[..., starts:starts+size] with zero padding where the window leaves the array."""
+    spatial = array.shape[leading:]
+    src, dst = [], []
+    for s, start, p in zip(spatial, starts, size):
+        lo, hi = max(start, 0), min(start + p, s)
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - start, hi - start))
+    out = np.zeros(array.shape[:leading] + tuple(size), dtype=array.dtype)
+    lead = (slice(None),) * leading
+    out[lead + tuple(dst)] = array[lead + tuple(src)]
+    return out
+
+
+def numpy_rng_state(rng: np.random.Generator) -> dict:
+    """JSON/weights_only-safe copy of a Generator's state (128-bit integers as strings)."""
+    return _stringify(rng.bit_generator.state)
+
+
+def set_numpy_rng_state(rng: np.random.Generator, state: dict) -> None:
+    rng.bit_generator.state = _unstringify(state)
+
+
+def _stringify(obj):
+    if isinstance(obj, dict):
+        return {k: _stringify(v) for k, v in obj.items()}
+    if isinstance(obj, (int, np.integer)) and not isinstance(obj, bool):
+        return f"int:{int(obj)}"
+    return obj
+
+
+def _unstringify(obj):
+    if isinstance(obj, dict):
+        return {k: _unstringify(v) for k, v in obj.items()}
+    if isinstance(obj, str) and obj.startswith("int:"):
+        return int(obj[4:])
+    return obj

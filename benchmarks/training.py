@@ -1,0 +1,112 @@
+"""Training throughput: median seconds per iteration, split into data (patch sampling + augmentation) and compute
+(forward + backward + optimiser step).
+
+CPU default: batch 1, patch [16, 160, 160] (the paper's batch 2 x [16, 320, 320] needs ~30 GB on CPU), width 32.
+On a GPU: `python benchmarks/training.py --device cuda --batch-size 2 --patch 16 320 320 --base-channels 32`.
+Cases are synthetic (a phantom-like volume in memory) at the paper's Dataset A spacing, so the plan is the paper's.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from RCSegNeXtCore.data.planning import make_plans_from_values  # noqa: E402
+from RCSegNeXtCore.training.augment import AugmentConfig, Augmenter, context_size  # noqa: E402
+from RCSegNeXtCore.training.loss import DiceCELoss  # noqa: E402
+from RCSegNeXtCore.training.sampler import PatchSampler, TrainingCase, class_locations_from  # noqa: E402
+from RCSegNeXtCore.training.trainer import amp_dtype, resolve_device  # noqa: E402
+
+
+def synthetic_case(shape, seed=0) -> TrainingCase:
+    rng = np.random.default_rng(seed)
+    y, x = np.ogrid[:shape[1], :shape[2]]
+    disc = ((y - shape[1] / 2) ** 2 + (x - shape[2] / 2) ** 2) < (shape[1] / 6) ** 2
+    spot = ((y - shape[1] / 2) ** 2 + (x - shape[2] / 2 - shape[2] / 12) ** 2) < (shape[1] / 14) ** 2
+    label = np.zeros(shape, np.int8)
+    label[2:-2] = np.where(spot, 2, np.where(disc, 1, 0))
+    data = (label[None] + rng.normal(0, 0.5, (1, *shape))).astype(np.float32)
+    return TrainingCase(f"synthetic_{seed}", data, label, class_locations_from(None, label))
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--patch", type=int, nargs=3, default=[16, 160, 160])
+    parser.add_argument("--base-channels", type=int, default=32)
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(resolve_device(args.device))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    plans = make_plans_from_values([4.0, 0.875, 0.875], args.patch, base_channels=args.base_channels,
+                                   batch_size=args.batch_size)
+    network = plans.build_network().to(device)
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.99, nesterov=True, weight_decay=3e-5)
+    dtype = amp_dtype(device.type, True)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    loss_fn = DiceCELoss()
+    config = AugmentConfig(mirror_axes=list(plans.mirror_axes), anisotropic=True)
+    shape = [max(p, s) for p, s in zip(args.patch, [24, 400, 400])]
+    sampler = PatchSampler([synthetic_case(shape, i) for i in range(2)], context_size(args.patch, config), seed=0)
+    generator = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(0)
+    augmenter = Augmenter(args.patch, config, generator)
+    data_times, compute_times = [], []
+    for it in range(args.warmup + args.iterations):
+        sync(device)
+        t0 = time.perf_counter()
+        images, labels, _ = sampler.batch(args.batch_size)
+        x = torch.from_numpy(images).to(device)
+        y = torch.from_numpy(labels).to(device)
+        x, y = augmenter(x, y)
+        sync(device)
+        t1 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            out = network(x)
+        loss = loss_fn(out, y)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
+        scaler.step(optimizer)
+        scaler.update()
+        sync(device)
+        t2 = time.perf_counter()
+        if it >= args.warmup:
+            data_times.append(t1 - t0)
+            compute_times.append(t2 - t1)
+    data, compute = statistics.median(data_times), statistics.median(compute_times)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    amp = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    print(f"device: {name}; AMP {amp}; batch {args.batch_size} x patch {args.patch}; base channels "
+          f"{args.base_channels}; {args.iterations} timed iterations after {args.warmup} warm-up")
+    print("| part | median s/iteration | share |")
+    print("|---|---:|---:|")
+    total = data + compute
+    print(f"| data (sampling + augmentation) | {data:.4f} | {100 * data / total:.1f} % |")
+    print(f"| compute (forward + backward + step) | {compute:.4f} | {100 * compute / total:.1f} % |")
+    print(f"| total | {total:.4f} | 100 % |")
+    if device.type == "cuda":
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f} GiB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
