@@ -145,7 +145,7 @@ class Plans:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.part")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, path)
         return path
 
@@ -157,7 +157,7 @@ class Plans:
         if not path.is_file():
             raise PlanError(f"{path}: plans file not found")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise PlanError(f"{path}: not valid JSON ({exc})") from None
         return cls.from_dict(data, source=str(path))

@@ -120,7 +120,7 @@ def test_mixed_formats_and_dicom_folder_case(tmp_path):
         writer.Execute(dicom_slice)
     write_image(np.zeros((4, 10, 8), np.uint8), read_image(series).geometry, root / "labelsTr" / "c.nii.gz")
     json_path = root / "dataset.json"
-    json_path.write_text(json_path.read_text().replace('"numTraining": 1', '"numTraining": 3'))
+    json_path.write_text(json_path.read_text(encoding="utf-8").replace('"numTraining": 1', '"numTraining": 3'), encoding="utf-8")
 
     dataset = load_dataset(root)
     assert [c.case_id for c in dataset.cases] == ["a", "b", "c"]
@@ -147,7 +147,7 @@ def test_load_dataset_refuses_a_broken_layout_listing_all_problems(tmp_path):
 
 def test_write_dataset_json(tmp_path):
     path = write_dataset_json(tmp_path / "new", num_training=5, description="phantom")
-    content = json.loads(path.read_text())
+    content = json.loads(path.read_text(encoding="utf-8"))
     assert content == {"channel_names": {"0": "T2"}, "labels": {"background": 0, "rectum": 1, "tumour": 2},
                        "numTraining": 5, "file_ending": ".nii.gz", "description": "phantom"}
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
@@ -159,9 +159,9 @@ def test_write_dataset_json(tmp_path):
 
 def test_dataset_json_v1_modality_is_read_as_channel_names(tmp_path):
     root = make_dataset(tmp_path / "ds")
-    content = json.loads((root / "dataset.json").read_text())
+    content = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     content["modality"] = content.pop("channel_names")
-    (root / "dataset.json").write_text(json.dumps(content))
+    (root / "dataset.json").write_text(json.dumps(content), encoding="utf-8")
     dataset, problems = scan_dataset(root)
     assert problems == [] and dataset.channel_names == {"0": "T2_0"}
 

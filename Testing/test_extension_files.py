@@ -34,7 +34,7 @@ def cmake_variables(text: str) -> dict:
 
 def s4ext() -> dict:
     values = {}
-    for line in (REPO / "RCSegNeXt.s4ext").read_text().splitlines():
+    for line in (REPO / "RCSegNeXt.s4ext").read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
             key, _, value = line.strip().partition(" ")
             values[key] = value.strip()
@@ -42,8 +42,8 @@ def s4ext() -> dict:
 
 
 def test_cmake_s4ext_and_json_agree():
-    cmake = cmake_variables((REPO / "CMakeLists.txt").read_text())
-    desc, catalog = s4ext(), json.loads((REPO / "RCSegNeXt.json").read_text())
+    cmake = cmake_variables((REPO / "CMakeLists.txt").read_text(encoding="utf-8"))
+    desc, catalog = s4ext(), json.loads((REPO / "RCSegNeXt.json").read_text(encoding="utf-8"))
     assert cmake["EXTENSION_DEPENDS"] == "PyTorch"
     pairs = {"category": "EXTENSION_CATEGORY", "homepage": "EXTENSION_HOMEPAGE", "contributors":
              "EXTENSION_CONTRIBUTORS", "description": "EXTENSION_DESCRIPTION", "iconurl": "EXTENSION_ICONURL",
@@ -61,11 +61,11 @@ def test_cmake_s4ext_and_json_agree():
     screenshot = cmake["EXTENSION_SCREENSHOTURLS"].split("/main/", 1)[1]
     assert (REPO / screenshot).is_file(), f"screenshot {screenshot} named in CMakeLists.txt is missing"
     assert (REPO / "LICENSE").is_file()
-    assert "set(EXTENSION_LICENSE_FILE ${CMAKE_CURRENT_SOURCE_DIR}/LICENSE)" in (REPO / "CMakeLists.txt").read_text()
+    assert "set(EXTENSION_LICENSE_FILE ${CMAKE_CURRENT_SOURCE_DIR}/LICENSE)" in (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
 
 
 def test_catalog_entry_follows_the_extensions_index_schema():
-    catalog = json.loads((REPO / "RCSegNeXt.json").read_text())
+    catalog = json.loads((REPO / "RCSegNeXt.json").read_text(encoding="utf-8"))
     assert catalog["$schema"] == SCHEMA_URL
     assert SCHEMA_REQUIRED <= set(catalog), SCHEMA_REQUIRED - set(catalog)
     assert set(catalog) <= set(SCHEMA_TYPES), f"keys not allowed by the schema: {set(catalog) - set(SCHEMA_TYPES)}"
@@ -78,7 +78,7 @@ def test_catalog_entry_follows_the_extensions_index_schema():
 def test_every_python_file_and_resource_is_listed_in_cmake():
     listed = {}
     for rel, prefix in (("CMakeLists.txt", ""), ("RCSegNeXt/CMakeLists.txt", "RCSegNeXt/")):
-        for name, files in update_cmake_lists.listed((REPO / rel).read_text()).items():
+        for name, files in update_cmake_lists.listed((REPO / rel).read_text(encoding="utf-8")).items():
             listed[name] = [prefix + f for f in files]
     in_cmake = {f for files in listed.values() for f in files}
     on_disk = {p.relative_to(REPO).as_posix() for root in ("RCSegNeXt", "RCSegNeXtCore")
@@ -89,7 +89,7 @@ def test_every_python_file_and_resource_is_listed_in_cmake():
     for resource in ("RCSegNeXt/Resources/UI/RCSegNeXt.ui", "RCSegNeXt/Resources/Icons/RCSegNeXt.png"):
         assert resource in listed["MODULE_PYTHON_RESOURCES"]
     assert update_cmake_lists.update(check=True) == [], hint
-    text = (REPO / "CMakeLists.txt").read_text()
+    text = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "add_subdirectory(RCSegNeXt)" in text and "NAME RCSegNeXtCore" in text
 
 
@@ -100,13 +100,13 @@ def test_icon_is_a_128_px_png():
 
 
 def module_tree() -> ast.Module:
-    return ast.parse((MODULE / "RCSegNeXt.py").read_text())
+    return ast.parse((MODULE / "RCSegNeXt.py").read_text(encoding="utf-8"))
 
 
 def test_ui_file_has_every_widget_the_module_uses():
     root = ET.parse(MODULE / "Resources" / "UI" / "RCSegNeXt.ui").getroot()
     widgets = {w.get("name") for w in root.iter("widget")}
-    used = set(re.findall(r"self\.ui\.(\w+)", (MODULE / "RCSegNeXt.py").read_text()))
+    used = set(re.findall(r"self\.ui\.(\w+)", (MODULE / "RCSegNeXt.py").read_text(encoding="utf-8")))
     assert used and used <= widgets, used - widgets
     bound = {p.find("string").text for p in root.iter("property") if p.get("name") == "SlicerParameterName"}
     wrapper = next(c for c in module_tree().body if isinstance(c, ast.ClassDef) and c.name == "RCSegNeXtParameterNode")
@@ -121,14 +121,14 @@ def test_module_file_structure_and_metadata():
     assert {"RCSegNeXt", "RCSegNeXtWidget", "RCSegNeXtTest", "RCSegNeXtParameterNode"} <= set(classes)
     decorators = classes["RCSegNeXtParameterNode"].decorator_list
     assert any(getattr(d, "id", None) == "parameterNodeWrapper" for d in decorators)
-    source = (MODULE / "RCSegNeXt.py").read_text()
+    source = (MODULE / "RCSegNeXt.py").read_text(encoding="utf-8")
     assert 'self.parent.title = "Segment rectal cancer"' in source
     assert 'self.parent.categories = ["Segmentation"]' in source
 
 
 def top_level_imports(path: Path) -> set:
     names = set()
-    for node in ast.parse(path.read_text()).body:
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
         if isinstance(node, ast.Import):
             names |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
@@ -138,7 +138,7 @@ def top_level_imports(path: Path) -> set:
 
 def all_imports(path: Path) -> set:
     names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
@@ -153,7 +153,7 @@ def test_module_files_import_rules(path):
     if "RCSegNeXtLib" in path.parts:
         assert not all_imports(path) & {"qt", "ctk", "slicer.qt"}, path
         assert not top_level_imports(path) & {"slicer", "vtk"}, "slicer/vtk are imported inside functions"
-    assert not re.search(r"pip_install\(\s*['\"]torch", path.read_text()), "torch comes from PyTorchUtils"
+    assert not re.search(r"pip_install\(\s*['\"]torch", path.read_text(encoding="utf-8")), "torch comes from PyTorchUtils"
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "RCSegNeXtCore").rglob("*.py")),
@@ -190,7 +190,7 @@ def test_dependency_rules():
 
 
 def test_readme_has_the_radiologist_section():
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "README.md").read_text(encoding="utf-8")
     section = text.split("<!-- section: slicer -->", 1)[1].split("<!-- end section: slicer -->", 1)[0]
     for step in ("Segment Editor", "Dice", "training case", "PyTorch", "research use", "CPU"):
         assert step.lower() in section.lower(), step

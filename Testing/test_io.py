@@ -107,7 +107,7 @@ def test_nifti_truncation_message_gives_byte_counts(tmp_path):
 
 
 def test_not_an_image(tmp_path):
-    (tmp_path / "notes.nrrd").write_text("this is not an image at all")
+    (tmp_path / "notes.nrrd").write_text("this is not an image at all", encoding="utf-8")
     with pytest.raises(ImageReadError, match=r"notes\.nrrd: cannot be read as an image"):
         read_image(tmp_path / "notes.nrrd")
 

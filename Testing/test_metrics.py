@@ -167,7 +167,7 @@ def folders(tmp_path):
     ref_dir, pred_dir = tmp_path / "raw" / "labelsTr", tmp_path / "pred"
     ref_dir.mkdir(parents=True)
     pred_dir.mkdir()
-    (tmp_path / "raw" / "dataset.json").write_text(json.dumps({"labels": LABELS}))
+    (tmp_path / "raw" / "dataset.json").write_text(json.dumps({"labels": LABELS}), encoding="utf-8")
     geometry = Geometry.identity((6, 16, 16), ANISO, origin=(10.0, -5.0, 3.0))
     arrays = {}
     for k, case_id in enumerate(["case_000", "case_001", "case_002"]):
@@ -196,7 +196,7 @@ def test_evaluate_folders_matches_case_metrics_and_reports_missing(folders, tmp_
     # round trip through strict JSON (nan -> null, inf -> "inf")
     result["cases"]["case_000"]["tumour"]["hd95"] = math.inf
     path = write_metrics(result, tmp_path / "m" / "metrics.json")
-    json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    json.loads(path.read_text(encoding="utf-8"), parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     loaded = load_metrics(path)
     assert loaded["cases"]["case_000"]["tumour"]["hd95"] == math.inf
     assert loaded["summary"]["rectum"]["dice"]["mean"] == pytest.approx(result["summary"]["rectum"]["dice"]["mean"])
@@ -261,7 +261,7 @@ def test_label_specs():
 
 
 def test_dataset_json_labels(tmp_path):
-    (tmp_path / "dataset.json").write_text(json.dumps({"labels": LABELS, "channel_names": {"0": "T2"}}))
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": LABELS, "channel_names": {"0": "T2"}}), encoding="utf-8")
     assert labels_from_dataset_json(tmp_path / "dataset.json") == LABELS
 
 

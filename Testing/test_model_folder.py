@@ -59,9 +59,9 @@ def test_init_model_cli_with_base_channels(tmp_path):
 
 def test_folder_whose_parts_do_not_fit_is_refused(tmp_path):
     out = init_model_folder(tiny_plans(), tmp_path / "m")
-    data = json.loads((out / "dataset.json").read_text())
+    data = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     data["labels"] = {"background": 0, "rectum": 1, "lesion": 2}
-    (out / "dataset.json").write_text(json.dumps(data))
+    (out / "dataset.json").write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(ModelError, match=r"dataset.json labels .*lesion.* vs plans.json labels .*tumour"):
         ModelFolder(out)
     # weights made for another width than plans.json says

@@ -28,7 +28,7 @@ def official():
 
 
 def test_reference_keys_match_the_tsv(official):
-    rows = [line.split("\t") for line in TSV.read_text().splitlines() if line and not line.startswith("#")][1:]
+    rows = [line.split("\t") for line in TSV.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")][1:]
     assert {k: tuple(int(n) for n in s.split("x")) for k, s in rows} == \
         {k: v.shape for k, v in official.items() if not k.startswith("__")}
 

@@ -64,7 +64,7 @@ def test_best_interval_dice_matches_brute_force():
 
 
 def test_layout_dataset_json_and_check(small_dataset):
-    spec = json.loads((small_dataset / "dataset.json").read_text())
+    spec = json.loads((small_dataset / "dataset.json").read_text(encoding="utf-8"))
     assert spec["channel_names"] == {"0": "T2"}
     assert spec["labels"] == {"background": 0, "rectum": 1, "tumour": 2}
     assert spec["numTraining"] == 20 and spec["file_ending"] == ".nii.gz" and spec["name"]
@@ -184,6 +184,6 @@ def test_cli_phantom(tmp_path, capsys):
                  "--preview", str(tmp_path / "preview.png")]) == 0
     assert "2 cases" in capsys.readouterr().out
     assert (tmp_path / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((out / "dataset.json").read_text())["phantom"]["seed"] == 4
+    assert json.loads((out / "dataset.json").read_text(encoding="utf-8"))["phantom"]["seed"] == 4
     assert main(["phantom", str(tmp_path / "bad"), "--cases", "1", "--shape", "2", "50", "50"]) == 2
     assert "at least 3 slices" in capsys.readouterr().err

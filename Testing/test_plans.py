@@ -17,7 +17,7 @@ def dataset_a_plans(**kw) -> Plans:
 def test_round_trip_through_json(tmp_path):
     plans = dataset_a_plans(median_shape=[20, 400, 400])
     path = plans.save(tmp_path / "plans.json")
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     assert data["format_version"] == PLANS_FORMAT_VERSION and "software_version" in data
     assert Plans.load(tmp_path) == plans  # a folder finds its plans.json
 
@@ -49,7 +49,7 @@ def test_missing_field_and_bad_json_are_named(tmp_path):
     del data["strides"]
     with pytest.raises(PlanError, match="missing required field.*strides"):
         Plans.from_dict(data)
-    (tmp_path / "plans.json").write_text("{not json")
+    (tmp_path / "plans.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(PlanError, match="not valid JSON"):
         Plans.load(tmp_path / "plans.json")
     with pytest.raises(PlanError, match="not found"):

@@ -138,7 +138,7 @@ def test_warns_for_an_axial_series_given_to_a_sagittal_model(model_dir, tmp_path
     assert axial.slice_orientation() == "axial" and SAGITTAL.slice_orientation() == "sagittal"
     found = input_warnings(axial, model, "case A")
     assert len(found) == 1 and "spacing" in found[0] and "case A" in found[0]   # 0.43 vs 0.875
-    data = json.loads((model_dir / "dataset.json").read_text())
+    data = json.loads((model_dir / "dataset.json").read_text(encoding="utf-8"))
     labelled = tmp_path / "m"
     init_model_folder(model.plans, labelled, {**data, "slice_orientation": "sagittal"})
     found = input_warnings(axial, ModelFolder(labelled), "case A")

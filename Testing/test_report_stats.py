@@ -125,7 +125,7 @@ def test_format_p_and_mean_std():
 @pytest.fixture
 def table3(tmp_path):
     path = tmp_path / "table3.md"
-    path.write_text(paper_markdown(TABLE3))
+    path.write_text(paper_markdown(TABLE3), encoding="utf-8")
     return path
 
 
@@ -158,7 +158,7 @@ def test_tables_1_and_2_p_values_and_means_against_ours(tmp_path, table, p_expec
     p=0.01: truncated, not rounded); every printed average agrees within 0.01 (the fold values are printed rounded)
     except Table 1 3D nnUNet tumour std: the folds give 3.685 (3.296 with ddof=0), printed 3.38."""
     path = tmp_path / "table.md"
-    path.write_text(paper_markdown(table))
+    path.write_text(paper_markdown(table), encoding="utf-8")
     models, paper = read_table(path), parse_paper(table)
     ours = models[-1]
     p_mismatch, avg_mismatch = {}, {}
@@ -183,7 +183,7 @@ def test_cli_compare_and_report_on_the_paper_table(table3, tmp_path, capsys):
     assert "p=0.06436" in out and "(p=0.06)" in out and "p=0.04828" in out and "(p<0.05)" in out
     md, csv_path = tmp_path / "out" / "t3.md", tmp_path / "out" / "t3.csv"
     assert main(["report", str(table3), "--baseline", "1", "-o", str(md), "--csv", str(csv_path)]) == 0
-    text = md.read_text()
+    text = md.read_text(encoding="utf-8")
     assert "| 70.06 ± 3.23 (p=0.06) | 59.82 ± 2.83 (p<0.05) |" in text
     assert "| 71.65 ± 2.72 (p=0.01) | 63.42 ± 2.62 (p=0.03) |" in text   # paper prints p<0.05 for 0.0346
     again = read_table(csv_path)          # the CSV reads back as the same fold values
@@ -248,7 +248,7 @@ def test_clear_errors_for_incomplete_or_mismatched_results(tmp_path, table3):
     with pytest.raises(EvaluationError, match="no fold_K"):
         from_run_dir(tmp_path)
     bad = tmp_path / "bad.csv"
-    bad.write_text("model,mean\nx,1\n")
+    bad.write_text("model,mean\nx,1\n", encoding="utf-8")
     with pytest.raises(EvaluationError, match="Fold0 Rectum"):
         read_table(bad)
     row = load_results(table3, "2")

@@ -51,7 +51,7 @@ def test_python_slicer_is_found_next_to_the_interpreter_or_on_path(tmp_path, mon
     assert runner.find_python_slicer() == sys.executable  # outside Slicer: this Python stands in
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
-    (fake_bin / "PythonSlicer").write_text("#!/bin/sh\n")
+    (fake_bin / "PythonSlicer").write_text("#!/bin/sh\n", encoding="utf-8")
     (fake_bin / "PythonSlicer").chmod(0o755)
     monkeypatch.setattr(runner.sys, "executable", str(fake_bin / "SlicerApp-real"))
     assert runner.find_python_slicer() == str(fake_bin / "PythonSlicer")
@@ -115,7 +115,7 @@ def test_child_environment_makes_the_shipped_core_importable(tmp_path):
 
 def alive(pid: int) -> bool:
     try:
-        with open(f"/proc/{pid}/stat") as handle:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead (awaiting its reaper)
     except FileNotFoundError:
         return False

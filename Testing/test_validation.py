@@ -199,7 +199,7 @@ def test_label_with_channel_suffix(clean):
 
 def test_misnamed_and_unreadable_entries(clean):
     shutil.copy(clean / "imagesTr/p0_0000.nii.gz", clean / "imagesTr/p2.nii.gz")
-    (clean / "imagesTr/notes.txt").write_text("hello")
+    (clean / "imagesTr/notes.txt").write_text("hello", encoding="utf-8")
     problems = check_dataset(clean)
     assert [p.case_id for p in problems] == ["notes", "p2"]
     assert "notes.txt is not an image file this tool reads" in problems[0].message
@@ -224,7 +224,7 @@ def test_dataset_json_problems(clean, content, expected):
     if content is None:
         path.unlink()
     else:
-        path.write_text(content if isinstance(content, str) else json.dumps(content))
+        path.write_text(content if isinstance(content, str) else json.dumps(content), encoding="utf-8")
     problems = check_dataset(clean)
     assert any(p.case_id == "dataset.json" and expected in p.message for p in problems), [str(p) for p in problems]
 

@@ -68,7 +68,7 @@ def update(repo: Path = REPO, check: bool = False) -> List[str]:
     stale = []
     for rel, variables in expected_lists(repo).items():
         path = repo / rel
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         match = BLOCK.search(text)
         if match is None:
             raise SystemExit(f"{path}: no '# BEGIN generated' ... '# END generated' block")
@@ -81,7 +81,7 @@ def update(repo: Path = REPO, check: bool = False) -> List[str]:
                     stale.append(f"{rel} {name}: missing {missing}, no longer on disk {extra}")
             stale = stale or [f"{rel}: order or layout differs"]
             if not check:
-                path.write_text(text[:match.start(2)] + render(variables) + text[match.end(2):])
+                path.write_text(text[:match.start(2)] + render(variables) + text[match.end(2):], encoding="utf-8")
     return stale
 
 

@@ -96,7 +96,7 @@ class PeakMemory:
 
     @staticmethod
     def _rss() -> int:
-        with open("/proc/self/statm") as handle:
+        with open("/proc/self/statm", encoding="utf-8") as handle:
             return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
     def __enter__(self):

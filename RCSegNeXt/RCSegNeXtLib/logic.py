@@ -34,7 +34,7 @@ def model_labels(modelDir: str | os.PathLike) -> Dict[str, int]:
     dataset_json = folder / "dataset.json"
     if dataset_json.is_file():
         try:
-            labels = json.loads(dataset_json.read_text()).get("labels")
+            labels = json.loads(dataset_json.read_text(encoding="utf-8")).get("labels")
         except (ValueError, AttributeError):
             labels = None
         if isinstance(labels, dict) and all(isinstance(v, int) for v in labels.values()):

@@ -133,8 +133,8 @@ def install_model(source: str | os.PathLike, models_root: str | os.PathLike, nam
         record = {"name": name, "source": str(source.resolve()), "sha256": digest,
                   "installed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   "folds": model_folds(model_dir), "software_version": _version(),
-                  "dataset_name": json.loads((model_dir / "plans.json").read_text()).get("dataset_name", "")}
-        (model_dir / INSTALL_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+                  "dataset_name": json.loads((model_dir / "plans.json").read_text(encoding="utf-8")).get("dataset_name", "")}
+        (model_dir / INSTALL_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         if target.exists():
             shutil.rmtree(target)
         os.replace(model_dir, target)
@@ -158,7 +158,7 @@ def list_models(models_root: str | os.PathLike) -> List[InstalledModel]:
         if not (folder / "plans.json").is_file():
             continue
         try:
-            record = json.loads((folder / INSTALL_RECORD).read_text())
+            record = json.loads((folder / INSTALL_RECORD).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             record = {}
         found.append(InstalledModel(folder.name, folder, record if isinstance(record, dict) else {}))

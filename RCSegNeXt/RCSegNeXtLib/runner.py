@@ -140,7 +140,7 @@ def _descendants(pid: int) -> List[int]:
         return []
     for entry in entries:
         try:
-            with open(f"/proc/{entry}/stat") as handle:
+            with open(f"/proc/{entry}/stat", encoding="utf-8") as handle:
                 stat = handle.read()
             ppid = int(stat[stat.rindex(")") + 2:].split()[1])
             children[ppid].append(int(entry))

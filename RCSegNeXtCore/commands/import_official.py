@@ -109,13 +109,13 @@ def run(args: argparse.Namespace) -> int:
     target = out / f"fold_{args.fold}" / "checkpoint_final.pt"
     if target.exists() and not args.overwrite:
         raise ModelError(f"{target} already exists; choose another folder or pass --overwrite")
-    dataset_json = json.loads(Path(args.dataset_json).read_text()) if args.dataset_json else default_dataset_json(plans)
+    dataset_json = json.loads(Path(args.dataset_json).read_text(encoding="utf-8")) if args.dataset_json else default_dataset_json(plans)
     if {k: int(v) for k, v in dataset_json.get("labels", {}).items()} != dict(plans.labels):
         raise ModelError(f"dataset.json labels {dataset_json.get('labels')} vs plans labels {plans.labels}: "
                          "they must agree")
     out.mkdir(parents=True, exist_ok=True)
     plans.save(out / "plans.json")
-    (out / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n")
+    (out / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n", encoding="utf-8")
     save_checkpoint(target, network.state_dict(), plans.network_signature(),
                     imported_from=str(Path(args.checkpoint).name))
     print(f"imported {args.checkpoint} -> {target}")

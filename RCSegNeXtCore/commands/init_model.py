@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     dataset_json = None
     if args.dataset_json:
         try:
-            dataset_json = json.loads(Path(args.dataset_json).read_text())
+            dataset_json = json.loads(Path(args.dataset_json).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise DatasetError(f"{args.dataset_json}: cannot be read as JSON ({exc})") from None
     out = init_model_folder(Plans.load(args.plans), args.output, dataset_json, folds=args.folds, seed=args.seed,

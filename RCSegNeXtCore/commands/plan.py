@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         dataset = load_dataset(args.dataset)
         fingerprint = compute_fingerprint(dataset, workers=args.workers)
         if args.fingerprint:
-            Path(args.fingerprint).write_text(json.dumps(fingerprint, indent=1) + "\n")
+            Path(args.fingerprint).write_text(json.dumps(fingerprint, indent=1) + "\n", encoding="utf-8")
         plans = make_plans(fingerprint, dataset, target_spacing=args.spacing, patch_size=args.patch, **overrides)
         source = f"{fingerprint['num_cases']} case(s) of {dataset.root}"
     else:

@@ -53,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
     print(markdown, end="")
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(markdown)
+        Path(args.output).write_text(markdown, encoding="utf-8")
     if args.csv:
         Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.csv).write_text(to_csv(models, baseline))
+        Path(args.csv).write_text(to_csv(models, baseline), encoding="utf-8")
     return 0

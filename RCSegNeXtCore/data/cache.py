@@ -73,7 +73,7 @@ def _save_npy(array: np.ndarray, path: Path) -> None:
 
 def _save_json(data: dict, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
-    tmp.write_text(json.dumps(data))
+    tmp.write_text(json.dumps(data), encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -110,7 +110,7 @@ def source_signature(case) -> List[List[Any]]:
 def _is_current(out_dir: Path, case) -> bool:
     """The case is complete in the cache and was made from the files the dataset holds now."""
     try:
-        properties = json.loads(case_files(out_dir, case.case_id)[2].read_text())
+        properties = json.loads(case_files(out_dir, case.case_id)[2].read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return properties.get("source_files") == source_signature(case)
@@ -198,7 +198,7 @@ def load_preprocessed_case(out_dir: str | os.PathLike, case_id: str,
     if not json_path.is_file() or not data_path.is_file():
         raise DatasetError(f"{out}: case '{case_id}' is not preprocessed (no complete {json_path.name}); "
                            "run `rcsegnext preprocess` first")
-    properties = json.loads(json_path.read_text())
+    properties = json.loads(json_path.read_text(encoding="utf-8"))
     mode = "r" if mmap else None
     data = np.load(data_path, mmap_mode=mode)
     label = np.load(seg_path, mmap_mode=mode) if seg_path.is_file() else None

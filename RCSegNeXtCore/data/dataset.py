@@ -84,7 +84,7 @@ def parse_dataset_json(root: Path) -> Tuple[dict, Dict[str, int], Dict[str, str]
                                 f"{json.dumps(DEFAULT_CHANNELS)} and file_ending \".nii.gz\" ({_DATASET_HINT})"))
         return {}, {}, {}, "", problems
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(raw, dict):
             raise ValueError("top level is not a JSON object")
     except ValueError as exc:
@@ -296,6 +296,6 @@ def write_dataset_json(folder: str | os.PathLike, labels: Optional[Mapping[str, 
     path = Path(folder) / "dataset.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(".dataset.json.part")
-    tmp.write_text(json.dumps(content, indent=2) + "\n")
+    tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path

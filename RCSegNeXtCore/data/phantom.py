@@ -219,7 +219,7 @@ def make_phantom_dataset(out_dir: str | os.PathLike, num_cases: int = 20, seed: 
     files = [out / "imagesTr" / f"{c}_0000.nii.gz" for c in ids] + [out / "labelsTr" / f"{c}.nii.gz" for c in ids]
     if (out / "dataset.json").is_file():
         try:
-            existing = json.loads((out / "dataset.json").read_text()).get("phantom")
+            existing = json.loads((out / "dataset.json").read_text(encoding="utf-8")).get("phantom")
         except (ValueError, AttributeError):
             existing = None
         if existing == record and all(f.is_file() for f in files):

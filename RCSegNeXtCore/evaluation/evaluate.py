@@ -61,7 +61,7 @@ def parse_labels(spec: Any) -> dict[str, LabelValue]:
 def labels_from_dataset_json(path: str | os.PathLike) -> dict[str, LabelValue]:
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise EvaluationError(f"{path}: cannot read dataset.json: {exc}") from None
     if "labels" not in data:
@@ -178,7 +178,7 @@ def write_metrics(result: Mapping, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(json.dumps(_encode(result), indent=2, allow_nan=False) + "\n")
+    tmp.write_text(json.dumps(_encode(result), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
 
@@ -187,7 +187,7 @@ def load_metrics(path: str | os.PathLike) -> dict:
     """Read a metrics.json written by `write_metrics` (nan/inf restored); clear error when it is not one."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise EvaluationError(f"{path}: cannot read metrics file: {exc.strerror}") from None
     except ValueError as exc:

@@ -134,7 +134,7 @@ def _cell_number(cell: str, where: str) -> float:
 
 
 def _rows(path: Path) -> list[list[str]]:
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     if path.suffix.lower() in (".md", ".markdown") or text.lstrip().startswith("|"):
         rows = []
         for line in text.splitlines():

@@ -45,7 +45,7 @@ class ModelFolder:
             raise ModelError(f"{self.path}: not a model folder (no plans.json); make one with `rcsegnext train`, "
                              "`rcsegnext init-model` or `rcsegnext import-official`")
         self.plans = Plans.load(self.path / "plans.json")
-        self.raw_plans = json.loads((self.path / "plans.json").read_text())
+        self.raw_plans = json.loads((self.path / "plans.json").read_text(encoding="utf-8"))
         self.dataset_json = self._read_dataset_json()
         self._check_labels()
         self.folds = sorted(int(p.name[5:]) for p in self.path.glob("fold_*")
@@ -68,7 +68,7 @@ class ModelFolder:
             raise ModelError(f"{self.path}: dataset.json is missing (it names the classes); copy the training "
                              "dataset's dataset.json into the model folder")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ModelError(f"{path}: not valid JSON ({exc})") from None
         if not isinstance(data, dict) or not isinstance(data.get("labels"), dict):
@@ -137,7 +137,7 @@ def init_model_folder(plans: Plans, out_dir: str | os.PathLike, dataset_json: Op
     out.mkdir(parents=True, exist_ok=True)
     plans.save(out / "plans.json")
     tmp = out / ".dataset.json.part"
-    tmp.write_text(json.dumps(dataset_json, indent=2) + "\n")
+    tmp.write_text(json.dumps(dataset_json, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, out / "dataset.json")
     for fold in folds:
         torch.manual_seed(int(seed) + int(fold))

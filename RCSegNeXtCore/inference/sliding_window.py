@@ -79,7 +79,7 @@ def default_whole_volume_voxels(device: torch.device, base_channels: int = 32) -
         return int(free * 0.6 / (per_voxel / 2))  # half precision activations
     available = 8 * 1024 ** 3
     try:
-        with open("/proc/meminfo") as handle:
+        with open("/proc/meminfo", encoding="utf-8") as handle:
             for line in handle:
                 if line.startswith("MemAvailable:"):
                     available = int(line.split()[1]) * 1024
