@@ -117,5 +117,5 @@ def test_segment_style_imports_without_torch_or_simpleitk():
     import sys
     code = ("import sys; from RCSegNeXtCore.inference.segments import SEGMENT_STYLE; "
             "print('torch' in sys.modules or 'SimpleITK' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr

@@ -167,7 +167,7 @@ def test_lib_imports_without_qt_and_without_torch():
     code = ("import sys; sys.modules['qt'] = None; sys.modules['ctk'] = None; sys.path.insert(0, sys.argv[1]);"
             "import RCSegNeXtLib.logic, RCSegNeXtLib.runner, RCSegNeXtLib.models, RCSegNeXtLib.dependencies,"
             "RCSegNeXtLib.compare, RCSegNeXtLib.convert; print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code, str(MODULE)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code, str(MODULE)], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
 

@@ -114,7 +114,7 @@ def test_python_dash_m_predict_with_progress_json(model_dir, tmp_path):
     done = subprocess.run([sys.executable, "-m", "RCSegNeXtCore.predict", "-i", str(tmp_path / "case.nii.gz"),
                            "-o", str(tmp_path / "case.seg.nrrd"), "-m", str(model_dir), "--device", "cpu",
                            "--progress-json", "--save-probabilities"],
-                          capture_output=True, text=True, env=env, timeout=120)
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert lines[0]["stage"] == "preprocess" and lines[-1]["stage"] == "done" and lines[-1]["written"] == ["case"]

@@ -23,5 +23,5 @@ def test_format_seconds():
 
 def test_cli_help_and_version(capsys):
     assert main([]) == 1
-    out = subprocess.run([sys.executable, "-m", "RCSegNeXtCore", "--version"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "RCSegNeXtCore", "--version"], capture_output=True, text=True, encoding="utf-8", errors="replace")
     assert out.returncode == 0 and out.stdout.startswith("rcsegnext ")

@@ -272,5 +272,5 @@ def test_runtime_needs_no_scipy_or_monai():
     code = ("import sys, RCSegNeXtCore.evaluation.evaluate, RCSegNeXtCore.evaluation.report, "
             "RCSegNeXtCore.commands.compare, RCSegNeXtCore.commands.report, RCSegNeXtCore.commands.evaluate; "
             "print(sorted(m for m in ('scipy', 'monai', 'torch') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", errors="replace", check=True).stdout
     assert out.strip() == "[]"

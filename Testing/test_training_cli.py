@@ -33,7 +33,7 @@ def _script(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     paths = os.pathsep.join(site.getsitepackages())
     env = {**os.environ, "PYTHONPATH": paths}
     return subprocess.run([sys.executable, "-S", str(REPO / "Training" / "train.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600)
 
 
 def test_train_script_then_predict(phantom, tmp_path):

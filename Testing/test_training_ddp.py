@@ -15,7 +15,7 @@ HELPER = Path(__file__).with_name("training_helpers.py")
 def _torchrun(fold_dir: Path, epochs: int, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(HELPER), str(fold_dir), str(epochs), "--dump-rank-weights", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
 
 
 def _assert_ranks_equal(fold_dir: Path) -> dict:

@@ -21,7 +21,7 @@ HELPER = Path(__file__).with_name("training_helpers.py")
 
 def _run(fold_dir: Path, epochs: int, *extra: str, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(HELPER), str(fold_dir), str(epochs), *extra], env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
 
 
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
@@ -32,7 +32,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     killed = tmp_path / "killed"
     env = {**os.environ, PAUSE_ENV: "1"}           # pause after epoch 2 (index 1) has been checkpointed
     proc = subprocess.Popen([sys.executable, str(HELPER), str(killed), "4"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace")
     deadline = time.time() + 240
     while not (killed / ".paused").exists():
         assert proc.poll() is None, proc.communicate()[1]

@@ -128,6 +128,7 @@ def child_environment(extra_path: Optional[str] = None) -> Dict[str, str]:
     path = extra_path or core_search_path()
     env["PYTHONPATH"] = path + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"  # Slicer runs with the C locale; progress lines are UTF-8
     return env
 
 
