@@ -10,7 +10,13 @@ HELP = ("demo: print the planned architecture, then phantom -> check -> plan -> 
 # the small configuration trained on CPU: lr 0.05 (not the paper's 0.01) because the run is ~100x shorter;
 # at 0.01 a few hundred iterations stay in the all-background phase, at 0.05 the held-out Dice clearly beats the
 # baseline after ~200 iterations
-DEMO_CASES = 15
+DEMO_CASES = 25
+# trainer settings the CLI does not expose: tumour-centred patches are rare at the recipe's 1/3 foreground
+# oversampling (1/3 x 1/2 of the patches, the class drawn uniformly among those present), too rare for ~1000
+# iterations; and centred foreground patches teach a short run "foreground is at the patch centre" (held-out
+# tumour Dice ~5 %), so the demo places the chosen voxel anywhere in the patch (jitter_foreground). 25 cases: 20
+# train, 5 held out (a steadier table than 3). Measured: held-out Dice rectum 69, tumour 35 in a 10-minute run.
+DEMO_CONFIG = {"oversample_foreground": 0.67, "jitter_foreground": True}
 DEMO_TRAIN = ["--epochs", "40", "--iterations-per-epoch", "25", "--val-iterations", "4", "--base-channels", "8",
               "--batch-size", "2", "--patch-size", "16", "64", "64", "--lr", "0.05", "--fold", "0"]
 
@@ -31,6 +37,7 @@ def _step(number: int, text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
     from pathlib import Path
 
     import numpy as np
@@ -88,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
     _step(5, f"train fold 0 on {args.device} for at most ~{args.minutes:g} minutes")
     config = train_command.config_from_args(train_args, args.device)
     config["max_seconds"] = args.minutes * 60
+    config.update(DEMO_CONFIG)
+    print("  demo trainer settings: " + ", ".join(f"{k} {v}" for k, v in DEMO_CONFIG.items()))
+    (run_dir / "demo_training.json").write_text(json.dumps(config, indent=2) + "\n")   # the whole config
     t_train = time.perf_counter()
     run_training(setup, config, train_args.resume, gpus=1, validate=True)
     print(f"  training and validation took {format_seconds(time.perf_counter() - t_train)}")

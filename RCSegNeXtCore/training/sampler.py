@@ -2,7 +2,10 @@
 
 Each patch is, with probability `oversample_foreground` (1/3), centred on a random voxel of a random foreground
 class present in the case (tumour included), otherwise placed uniformly. Cases smaller than the patch are padded
-with zeros (labels: background). Draws come from one numpy Generator whose state is checkpointed.
+with zeros (labels: background); `margin` lets windows leave the case (nnU-Net's need_to_pad). With
+`jitter_foreground` the chosen voxel lands anywhere in the patch instead of at its centre: in short runs (the demo)
+centred patches teach the network "foreground is at the patch centre".
+Draws come from one numpy Generator whose state is checkpointed.
 """
 from __future__ import annotations
 
@@ -46,11 +49,16 @@ class PatchSampler:
     """`images, labels, forced = sampler.batch(n)` -> ([n,C,*size] float32, [n,*size] int16, [n] bool)."""
 
     def __init__(self, cases: Sequence[TrainingCase], size: Sequence[int], oversample_foreground: float = 1 / 3,
-                 seed: int = 0):
+                 seed: int = 0, jitter_foreground: bool = False, margin: Optional[Sequence[int]] = None):
         if not cases:
             raise ValueError("no training cases to sample from")
         self.cases, self.size = list(cases), [int(s) for s in size]
         self.oversample = oversample_foreground
+        self.jitter = jitter_foreground
+        # margin: how far a window may extend past each side of the case; nnU-Net lets the sampled (context)
+        # window leave the case by half the context-minus-final-patch difference, so that the final patch,
+        # cropped from the window's centre after the spatial augmentation, reaches the case's borders
+        self.margin = [0] * len(self.size) if margin is None else [max(0, int(m)) for m in margin]
         self.rng = np.random.default_rng(seed)
 
     def batch(self, n: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -73,12 +81,20 @@ class PatchSampler:
             coords = case.class_locations[cls]
             centre = [int(v) for v in coords[int(self.rng.integers(len(coords)))]]
         starts = []
-        for axis, (s, p) in enumerate(zip(shape, self.size)):
-            if centre is not None:
-                start = centre[axis] - p // 2
-                start = min(max(start, min(0, s - p)), max(0, s - p))  # keep inside, or centred when s < p
+        for axis, (s, p, m) in enumerate(zip(shape, self.size, self.margin)):
+            lo, hi = -m, s - p + m          # the window may leave the case by the margin (zero padding)
+            small = hi < lo                 # case smaller than the final patch: padded
+            lo, hi = min(lo, hi), max(lo, hi)
+            if small and centre is None:
+                start = (s - p) // 2
+            elif centre is not None and self.jitter:
+                # the voxel anywhere in the final (margin-cropped) patch, uniformly
+                a, b = max(centre[axis] - p + m + 1, lo), min(centre[axis] - m, hi)
+                start = int(self.rng.integers(a, b + 1)) if a <= b else min(max(centre[axis] - p // 2, lo), hi)
+            elif centre is not None:
+                start = min(max(centre[axis] - p // 2, lo), hi)
             else:
-                start = int(self.rng.integers(0, s - p + 1)) if s >= p else (s - p) // 2
+                start = int(self.rng.integers(lo, hi + 1))
             starts.append(start)
         image = _crop(case.data, starts, self.size, leading=1)
         label = _crop(case.label, starts, self.size, leading=0)

@@ -41,6 +41,7 @@ class TrainConfig:
     weight_decay: float = 3e-5
     grad_clip: float = 12.0
     oversample_foreground: float = 1 / 3
+    jitter_foreground: bool = False      # forced-foreground voxel anywhere in the patch (the demo), not centred
     seed: int = 0
     deterministic: bool = False
     device: str = "cpu"
@@ -115,8 +116,10 @@ class Trainer:
             self.aug_config = AugmentConfig(**{**asdict(self.aug_config), **{
                 k: 0.0 for k in asdict(self.aug_config) if k.startswith("p_")}})
         rank_seed = config.seed * 1000 + self.dist.rank                      # each rank its own patches
-        self.sampler = PatchSampler(train_cases, context_size(self.patch, self.aug_config),
-                                    config.oversample_foreground, seed=rank_seed)
+        context = context_size(self.patch, self.aug_config)
+        self.sampler = PatchSampler(train_cases, context, config.oversample_foreground, seed=rank_seed,
+                                    jitter_foreground=config.jitter_foreground,
+                                    margin=[(c - p) // 2 for c, p in zip(context, self.patch)])
         gen_device = self.device if self.device.type == "cuda" else torch.device("cpu")
         generator = torch.Generator(device=gen_device)
         generator.manual_seed(rank_seed + 17)

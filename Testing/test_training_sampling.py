@@ -1,0 +1,57 @@
+"""Patch placement of the sampler: nnU-Net's margin (windows may leave the case) and the demo's foreground jitter."""
+import numpy as np
+
+from RCSegNeXtCore.training.sampler import PatchSampler, TrainingCase, class_locations_from
+
+SHAPE = (4, 40, 40)
+
+
+def _coded_case() -> TrainingCase:
+    """Each voxel's value encodes its (z, y, x) + 1, so a patch tells where it was cut (0 = padding)."""
+    z, y, x = np.indices(SHAPE)
+    data = (z * 10000 + y * 100 + x + 1).astype(np.float32)[None]
+    label = np.zeros(SHAPE, np.uint8)
+    label[2, 20, 31] = 2                                    # one tumour voxel
+    return TrainingCase("coded", data, label, class_locations_from(None, label))
+
+
+def _starts(image: np.ndarray) -> tuple:
+    """Window start (z, y, x) from the first non-padding voxel of a coded patch."""
+    pz, py, px = np.argwhere(image[0] > 0)[0]
+    v = int(image[0, pz, py, px]) - 1
+    return v // 10000 - pz, (v // 100) % 100 - py, v % 100 - px
+
+
+def test_default_windows_stay_inside_and_centre_the_voxel():
+    sampler = PatchSampler([_coded_case()], [4, 16, 16], oversample_foreground=0.5, seed=0)
+    images, labels, forced = sampler.batch(400)
+    starts = np.array([_starts(i) for i in images])
+    assert starts.min() >= 0 and starts[:, 1:].max() <= 40 - 16           # inside the case, no padding
+    assert (starts[forced] == [0, 20 - 8, 31 - 8]).all()                   # voxel at the patch centre
+    assert (labels[forced][:, 2, 8, 8] == 2).all()
+
+
+def test_margin_lets_windows_reach_past_the_border():
+    m = 4
+    sampler = PatchSampler([_coded_case()], [4, 24, 24], oversample_foreground=0.0, seed=1, margin=[0, m, m])
+    starts = np.array([_starts(i) for i in sampler.batch(600)[0]])
+    # uniform over [-m, 40 - 24 + m]: both ends are drawn, nothing beyond
+    assert starts[:, 1].min() == -m and starts[:, 1].max() == 40 - 24 + m
+    assert starts[:, 2].min() == -m and starts[:, 2].max() == 40 - 24 + m
+    assert (starts[:, 0] == 0).all()
+
+
+def test_jitter_keeps_the_voxel_in_the_final_patch_at_varying_positions():
+    m, p = 4, 24                                            # final patch = 24 - 2 * 4 = 16
+    sampler = PatchSampler([_coded_case()], [4, p, p], oversample_foreground=1.0, seed=2, margin=[0, m, m],
+                           jitter_foreground=True)
+    images, labels, forced = sampler.batch(500)
+    assert forced.all()
+    starts = np.array([_starts(i) for i in images])
+    offset_y, offset_x = 20 - starts[:, 1] - m, 31 - starts[:, 2] - m       # voxel inside the final patch
+    assert offset_y.min() >= 0 and offset_y.max() <= p - 2 * m - 1
+    # y: every position 0..15 fits inside the case's window range; x: 31 is near the border, the range is clipped
+    assert len(set(offset_y.tolist())) == p - 2 * m
+    assert offset_x.min() >= 0 and offset_x.max() <= p - 2 * m - 1 and starts[:, 2].max() == 40 - p + m
+    crop = labels[:, :, m:p - m, m:p - m]
+    assert ((crop == 2).reshape(len(crop), -1).sum(1) == 1).all()
