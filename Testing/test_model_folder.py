@@ -57,6 +57,41 @@ def test_init_model_cli_with_base_channels(tmp_path):
     assert model.load_networks()[0].stem.out_channels == 8
 
 
+def test_fold_all_is_accepted_and_selected_by_name(tmp_path):
+    from RCSegNeXtCore.inference.predictor import Predictor
+    only_all = ModelFolder(init_model_folder(tiny_plans(), tmp_path / "a", folds=("all",)))
+    assert (tmp_path / "a" / "fold_all" / "checkpoint_final.pt").is_file()
+    assert only_all.folds == ["all"] and only_all.select_folds() == ["all"]   # no numbered fold: fold_all is used
+    assert len(only_all.load_networks()) == 1
+    both = ModelFolder(init_model_folder(tiny_plans(), tmp_path / "b", folds=(0, 1, "all"), seed=3))
+    assert both.folds == [0, 1, "all"]
+    assert both.select_folds() == [0, 1]                  # default: the numbered folds (cross-validation ensemble)
+    assert both.select_folds(["all"]) == ["all"] and both.select_folds(["0", "fold_all"]) == [0, "all"]
+    fold_all = (tmp_path / "b" / "fold_all" / "checkpoint_final.pt").read_bytes()
+    assert both.weights_sha256(["all"]) == __import__("hashlib").sha256(fold_all).hexdigest()
+    net_all, net_0 = both.load_networks(["all"])[0], both.load_networks([0])[0]
+    assert not torch.equal(net_all.stem.weight, net_0.stem.weight)
+    assert Predictor(tmp_path / "b", folds=["all"], device="cpu").folds == ["all"]
+    with pytest.raises(ModelError, match=r"fold\(s\) \['all'\] not present"):
+        ModelFolder(init_model_folder(tiny_plans(), tmp_path / "c", folds=(0,))).select_folds(["all"])
+    with pytest.raises(ModelError, match="fold must be a number"):
+        both.select_folds(["last"])
+
+
+def test_predict_cli_folds_all(tmp_path):
+    from RCSegNeXtCore.data.io import Geometry, read_geometry, write_image
+    model = init_model_folder(tiny_plans(), tmp_path / "m", folds=(0, "all"))
+    geometry = Geometry((6, 36, 34), (4.0, 0.875, 0.875), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    array = np.random.default_rng(0).normal(300, 60, geometry.shape).astype(np.float32)
+    write_image(array, geometry, tmp_path / "in.nii.gz")
+    assert cli(["predict", "-i", str(tmp_path / "in.nii.gz"), "-o", str(tmp_path / "out.nii.gz"), "-m", str(model),
+                "--folds", "all", "--device", "cpu"]) == 0
+    assert read_geometry(tmp_path / "out.nii.gz").matches(geometry, 1e-6)
+    assert cli(["predict", "-i", str(tmp_path / "in.nii.gz"), "-o", str(tmp_path / "bad.nii.gz"), "-m", str(model),
+                "--folds", "3", "--device", "cpu"]) == 2                 # a clear error, exit 2
+    assert not (tmp_path / "bad.nii.gz").exists()
+
+
 def test_folder_whose_parts_do_not_fit_is_refused(tmp_path):
     out = init_model_folder(tiny_plans(), tmp_path / "m")
     data = json.loads((out / "dataset.json").read_text(encoding="utf-8"))

@@ -53,12 +53,20 @@ def test_prediction_on_the_exact_input_grid(predictor):
     np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-4)
     assert np.array_equal(prediction.labels, probs.argmax(0))
     assert (probs[0, :, :4, :] == 1.0).all()            # the zero region cropped away is background
-    assert prediction.stats.networks == 2 and prediction.stats.mode == "whole-volume"
-    # tiling gives an equivalent result to the whole-volume pass
-    tiled = Predictor(predictor.model.path, device="cpu", whole_volume_max_voxels=0).predict(image,
-                                                                                            keep_probabilities=True)
-    assert tiled.stats.mode == "tiles"
-    assert np.abs(tiled.probabilities - probs).mean() < 0.02
+    # default: tiles at the plan's patch size (instance norms see a training-sized extent), never one whole pass
+    assert prediction.stats.networks == 2 and prediction.stats.mode == "tiles"
+    assert all(s >= p for s, p in zip(prediction.stats.padded_shape, (8, 32, 32)))   # padded up to the patch
+    # a volume larger than the patch: tiles by default; the whole-volume pass only as an explicit opt-in (faster, but
+    # instance norms then see another extent than in training: not the same result)
+    large = _image(Geometry((6, 60, 56), (4.0, 0.875, 0.875), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1)), seed=2,
+                   zero_border=False)
+    tiled = predictor.predict(large, keep_probabilities=True)
+    assert tiled.stats.mode == "tiles" and tiled.stats.tile_grid == [1, 3, 2]   # y 60: 3 tiles, x 56: 2 (overlap 8)
+    whole = Predictor(predictor.model.path, device="cpu", whole_volume_max_voxels=10**9).predict(
+        large, keep_probabilities=True)
+    assert whole.stats.mode == "whole-volume" and whole.stats.forward_passes == 2
+    np.testing.assert_allclose(whole.probabilities.sum(0), 1.0, atol=1e-4)
+    assert not np.allclose(whole.probabilities, tiled.probabilities, atol=1e-3)
 
 
 def test_cli_writes_seg_nrrd_and_labelmap_on_the_input_grid(model_dir, tmp_path):
@@ -208,6 +216,6 @@ def test_tta_uses_the_plan_mirror_axes_and_folds_selection(model_dir):
     plain = Predictor(model_dir, folds=[1], device="cpu").predict(image, keep_probabilities=True)
     mirrored = Predictor(model_dir, folds=[1], device="cpu", tta=True).predict(image, keep_probabilities=True)
     assert plain.stats.mirrors == 1 and plain.stats.networks == 1
-    assert mirrored.stats.mirrors == 8 and mirrored.stats.forward_passes == 8
+    assert mirrored.stats.mirrors == 8 and mirrored.stats.forward_passes == 8 * mirrored.stats.tiles == 8 * 4
     assert not np.allclose(plain.probabilities, mirrored.probabilities)   # a random net is not flip-invariant
     np.testing.assert_allclose(mirrored.probabilities.sum(0), 1.0, atol=1e-4)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.signal.windows import gaussian as scipy_gaussian
+from scipy.ndimage import gaussian_filter
 
 from RCSegNeXtCore.inference.sliding_window import (gaussian_importance, mirror_combinations,
                                                      predict_sliding_window, tile_grid, tile_starts)
@@ -38,12 +38,17 @@ def test_tile_starts_fewest_that_keep_the_overlap():
         assert fewer == 1 or patch - (length - patch) / (fewer - 1) < overlap
 
 
-def test_gaussian_matches_scipy():
-    patch = (8, 16, 12)
-    weight = gaussian_importance(patch).numpy()
-    reference = np.einsum("i,j,k->ijk", *[scipy_gaussian(p, p / 8) for p in patch])
-    np.testing.assert_allclose(weight, np.maximum(reference / reference.max(), 1e-6), rtol=1e-5, atol=1e-7)
-    assert weight.max() == pytest.approx(1.0, abs=1e-6) and weight.min() > 0
+def test_gaussian_matches_nnunet_construction_with_scipy():
+    # nnU-Net's map: a unit impulse at index patch // 2 blurred by scipy's gaussian_filter, sigma = patch / 8
+    for patch in [(8, 16, 12), (16, 64, 64)]:
+        weight = gaussian_importance(patch).numpy()
+        impulse = np.zeros(patch)
+        impulse[tuple(p // 2 for p in patch)] = 1.0
+        reference = gaussian_filter(impulse, [p / 8 for p in patch], 0, mode="constant", cval=0)
+        reference /= reference.max()
+        # not floored: the corner weights keep their Gaussian ratio (a floor of 1e-6 made two tiles' corners equal)
+        np.testing.assert_allclose(weight, reference, rtol=1e-4, atol=1e-12)
+        assert weight.max() == pytest.approx(1.0, abs=1e-6) and 0 < weight.min() < 1e-6
 
 
 def test_mirror_combinations_skip_single_slice_axes():
@@ -90,15 +95,17 @@ def test_pointwise_network_tiles_equal_direct_softmax():
     tiled, stats = predict_sliding_window([net], data, (8, 16, 16), 3, overlap=0.125, whole_volume_max_voxels=0)
     assert stats.mode == "tiles" and stats.tile_grid == [2, 3, 2] and stats.forward_passes == 12
     torch.testing.assert_close(tiled, expected, atol=1e-5, rtol=1e-5)
-    whole, stats = predict_sliding_window([net], data, (8, 16, 16), 3, total_stride=(1, 4, 4))
+    whole, stats = predict_sliding_window([net], data, (8, 16, 16), 3, total_stride=(1, 4, 4), whole_volume_max_voxels=10**9)
     assert stats.mode == "whole-volume" and stats.forward_passes == 1 and stats.padded_shape == (11, 40, 32)
+    default, stats = predict_sliding_window([net], data, (8, 16, 16), 3, total_stride=(1, 4, 4))
+    assert stats.mode == "tiles" and stats.tile_grid == [2, 3, 3]     # tiling is the default (overlap 1/4: x 29 -> 3)
     torch.testing.assert_close(whole, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_conv_network_minimal_tiles_equivalent_to_whole_volume_and_dense_tiling():
     data = _volume((20, 48, 40), seed=3)
     net = SmallConv().eval()
-    whole, _ = predict_sliding_window([net], data, (12, 24, 24), 3)
+    whole, _ = predict_sliding_window([net], data, (12, 24, 24), 3, whole_volume_max_voxels=10**9)
     tiled, stats = predict_sliding_window([net], data, (12, 24, 24), 3, overlap=0.125, whole_volume_max_voxels=0)
     dense, dense_stats = predict_sliding_window([net], data, (12, 24, 24), 3, overlap=0.5, whole_volume_max_voxels=0)
     assert stats.tiles == 2 * 3 * 2 and dense_stats.tiles > stats.tiles
@@ -119,21 +126,22 @@ def test_mirroring_is_the_mean_of_flipped_passes_and_networks_are_averaged():
             for r in range(4):
                 for combo in itertools.combinations((2, 3, 4), r):
                     flipped = torch.flip(data[None], combo) if combo else data[None]
-                    p = torch.softmax(net(flipped), 1)
-                    expected += (torch.flip(p, combo) if combo else p)[0]
-    torch.testing.assert_close(out, expected / 16, atol=1e-5, rtol=1e-5)
+                    logits = net(flipped)
+                    expected += (torch.flip(logits, combo) if combo else logits)[0]
+    # as nnU-Net v2: logits averaged over mirrors and networks, one softmax at the end
+    torch.testing.assert_close(out, torch.softmax(expected / 16, 0), atol=1e-5, rtol=1e-5)
 
 
 def test_batched_tiles_give_the_same_result_and_progress_counts_passes():
     data = _volume((14, 30, 30), seed=5)
     net = SmallConv().eval()
     calls = []
-    one, s1 = predict_sliding_window([net], data, (8, 16, 16), 3, whole_volume_max_voxels=0,
-                                     progress=lambda d, t: calls.append((d, t)))
-    three, s3 = predict_sliding_window([net], data, (8, 16, 16), 3, batch_tiles=3, whole_volume_max_voxels=0)
+    one, s1 = predict_sliding_window([net], data, (8, 16, 16), 3, progress=lambda d, t: calls.append((d, t)))
+    three, s3 = predict_sliding_window([net], data, (8, 16, 16), 3, batch_tiles=4)
     torch.testing.assert_close(one, three, atol=1e-5, rtol=1e-5)
-    assert s1.forward_passes == s3.forward_passes == s1.tiles == 8
-    assert calls[-1] == (8, 8) and len(calls) == 8
+    # default overlap 1/4: z 14 -> 2 tiles (min overlap 2), y/x 30 -> 3 tiles (min overlap 4: 2 would overlap 2)
+    assert s1.forward_passes == s3.forward_passes == s1.tiles == 18 and s3.tile_grid == [2, 3, 3]
+    assert calls[-1] == (18, 18) and len(calls) == 18
 
 
 def test_small_volume_is_padded_and_cropped_back():
@@ -148,11 +156,11 @@ def test_real_network_whole_volume_needs_stride_padding():
     from RCSegNeXtCore.network import build_network
     net = build_network([[1, 3, 3], [1, 3, 3], [3, 3, 3]], [[1, 2, 2], [2, 2, 2]], base_channels=4).eval()
     data = _volume((5, 22, 19), seed=7)   # not divisible by the total stride (2, 4, 4)
-    out, stats = predict_sliding_window([net], data, (4, 16, 16), 3, total_stride=(2, 4, 4))
+    out, stats = predict_sliding_window([net], data, (4, 16, 16), 3, total_stride=(2, 4, 4), whole_volume_max_voxels=10**9)
     assert stats.mode == "whole-volume" and stats.padded_shape == (6, 24, 20) and out.shape == (3, 5, 22, 19)
     tiles, tstats = predict_sliding_window([net], data, (4, 16, 16), 3, whole_volume_max_voxels=0)
-    assert tstats.tiles == math.prod(len(tile_starts(s, p, math.ceil(p / 8))) for s, p in zip((5, 22, 19), (4, 16, 16)))
-    assert tiles.shape == out.shape and len(tile_grid((5, 22, 19), (4, 16, 16), 0.125)) == tstats.tiles
+    assert tstats.tiles == math.prod(len(tile_starts(s, p, math.ceil(p / 4))) for s, p in zip((5, 22, 19), (4, 16, 16)))
+    assert tiles.shape == out.shape and len(tile_grid((5, 22, 19), (4, 16, 16), 0.25)) == tstats.tiles
 
 
 def test_paper_volume_needs_8_tiles_where_nnunet_default_places_18():
@@ -164,3 +172,29 @@ def test_paper_volume_needs_8_tiles_where_nnunet_default_places_18():
     spec.loader.exec_module(bench)
     assert bench.nnunet_steps(24, 16) == [0, 8] and bench.nnunet_steps(512, 320) == [0, 96, 192]
     assert len(tile_grid((24, 512, 512), (16, 320, 320), 0.125)) == 8     # vs 2 x 3 x 3 = 18 (x 8 mirrors = 144)
+    assert len(tile_grid((24, 512, 512), (16, 320, 320), 0.25)) == 8      # the default overlap adds no tile
+    # overlap 0.5 places exactly nnU-Net's tiles
+    for length, patch in [(24, 16), (512, 320), (100, 64), (95, 64), (200, 48)]:
+        assert tile_starts(length, patch, math.ceil(0.5 * patch)) == bench.nnunet_steps(length, patch)
+
+
+def test_overlap_half_reproduces_an_nnunet_style_reference():
+    """Independent reference: nnU-Net's step-0.5 tiles, scipy Gaussian at patch // 2, logits averaged, softmax."""
+    from RCSegNeXtCore.network import build_network
+    net = build_network([[1, 3, 3], [3, 3, 3]], [[1, 2, 2]], base_channels=4).eval()  # instance norms inside
+    data, patch = _volume((7, 30, 26), seed=8), (4, 16, 16)
+    impulse = np.zeros(patch)
+    impulse[tuple(p // 2 for p in patch)] = 1.0
+    gauss = torch.from_numpy(gaussian_filter(impulse, [p / 8 for p in patch], 0, mode="constant")).float()
+    starts = [np.round(np.linspace(0, s - p, int(np.ceil((s - p) / (p / 2))) + 1)).astype(int) for s, p in
+              zip(data.shape[1:], patch)]
+    logits, weights = torch.zeros((3, *data.shape[1:])), torch.zeros(data.shape[1:])
+    with torch.no_grad():
+        for corner in itertools.product(*starts):
+            region = tuple(slice(int(c), int(c) + p) for c, p in zip(corner, patch))
+            logits[(slice(None), *region)] += net(data[(slice(None), *region)][None])[0] * gauss
+            weights[region] += gauss
+    expected = torch.softmax(logits / weights, 0)
+    out, stats = predict_sliding_window([net], data, patch, 3, overlap=0.5)
+    assert stats.tiles == math.prod(len(s) for s in starts)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)

@@ -3,8 +3,9 @@
   (a)  reference: nnU-Net v2's default sliding window (step = half the patch, Gaussian sigma = patch/8, logits
        averaged over the 8 mirrorings, softmax at the end), re-implemented here independently of RCSegNeXtCore;
   (a') the same without mirroring;
-  (b)  RCSegNeXtCore.inference.sliding_window with its defaults (fewest tiles with 1/8 overlap, or one
-       whole-volume pass when it fits in memory);
+  (b)  RCSegNeXtCore.inference.sliding_window with its defaults (fewest tiles at the plan's patch size with a
+       minimum overlap of 1/4, Gaussian-weighted logits as nnU-Net; no mirroring);
+  (b') with --also-whole-volume: the opt-in single whole-volume pass (faster, not equivalent for instance norms);
   (c)  (b) with mirroring TTA over the plan's axes.
 Printed: wall time, peak memory (CUDA: max allocated; CPU: peak resident-set growth during the run), forward passes
 (one network call on one tile; a whole-volume pass also counted in patch-equivalents = voxels / patch voxels),
@@ -16,6 +17,7 @@ run by default); then |(c)-(a)| cannot be computed and |(c)-(a')| is shown inste
   python benchmarks/inference.py                          # CPU: base width 8, [24, 512, 512], patch [16, 320, 320]
   python benchmarks/inference.py --device cuda            # full width (32), (a) run in full
   python benchmarks/inference.py --model-dir MODEL_DIR    # a trained model folder (fold 0)
+  python benchmarks/inference.py --model-dir MODEL_DIR --image IMG [IMG ...]   # label agreement on real images
 """
 from __future__ import annotations
 
@@ -46,8 +48,10 @@ def nnunet_steps(size: int, patch: int, step_fraction: float = 0.5) -> list[int]
 
 
 def nnunet_gaussian(patch) -> torch.Tensor:
+    """nnU-Net's map: a unit impulse at index patch // 2 blurred with sigma = patch / 8, scaled to max 10, exact
+    zeros raised to the smallest non-zero value."""
     grids = torch.meshgrid(*[torch.arange(p, dtype=torch.float64) for p in patch], indexing="ij")
-    exponent = sum(((g - (p - 1) / 2.0) / (p / 8.0)) ** 2 for g, p in zip(grids, patch))
+    exponent = sum(((g - (p // 2)) / (p / 8.0)) ** 2 for g, p in zip(grids, patch))
     gauss = torch.exp(-0.5 * exponent)
     gauss = gauss / gauss.max() * 10.0
     gauss[gauss == 0] = gauss[gauss > 0].min()
@@ -156,6 +160,30 @@ def synthetic_volume(shape, seed=0) -> torch.Tensor:
     return ((volume - volume.mean()) / volume.std())[0]
 
 
+def image_agreement(net, plans, images, device, amp: bool, stride, overlap: float | None) -> None:
+    """Label agreement of (b) with (a') on real image files (preprocessed exactly as the plan says): Dice per class
+    per image, and pooled over all images (intersections and sizes summed)."""
+    from RCSegNeXtCore.data.io import read_image
+    from RCSegNeXtCore.data.preprocess import preprocess_case
+
+    classes, patch = plans.num_classes, list(plans.patch_size)
+    pooled = np.zeros((classes, 3))  # per class: |a and b|, |a|, |b|
+    extra = {} if overlap is None else {"overlap": overlap}
+    for path in images:
+        case = preprocess_case(read_image(path), plans)
+        data = torch.from_numpy(np.ascontiguousarray(case.data, dtype=np.float32))
+        ref, passes_ref, _ = nnunet_reference(net, data, patch, classes, False, device, amp)
+        ours, stats = predict_sliding_window([net], data, patch, classes, total_stride=stride, device=device, amp=amp,
+                                             **extra)
+        la, lb = ref.argmax(0).numpy(), ours.argmax(0).numpy()
+        for k in range(1, classes):
+            pooled[k] += [np.logical_and(la == k, lb == k).sum(), (la == k).sum(), (lb == k).sum()]
+        print(f"{Path(path).name}: preprocessed {list(data.shape[1:])}; (a') {passes_ref} passes, (b) "
+              f"{stats.forward_passes} passes ({stats.mode}, tiles {stats.tile_grid}); {agreement(ours, ref, classes)}")
+    dices = " ".join(f"{2 * i / max(a + b, 1):.4f}" for i, a, b in pooled[1:])
+    print(f"pooled over {len(images)} image(s): (b) vs (a') label Dice per class (1..{classes - 1}): {dices}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -166,8 +194,12 @@ def main(argv=None) -> int:
     parser.add_argument("--patch", type=int, nargs=3, default=[16, 320, 320])
     parser.add_argument("--full-reference", action="store_true", help="run (a) in full (default on CUDA)")
     parser.add_argument("--skip-tta", action="store_true", help="do not run (c)")
-    parser.add_argument("--also-tiles", action="store_true",
-                        help="also run (b) forced to tile (fewest tiles, no whole-volume pass)")
+    parser.add_argument("--also-whole-volume", action="store_true",
+                        help="also run (b') with the opt-in whole-volume pass (one pass when it fits in memory)")
+    parser.add_argument("--image", nargs="+", default=None, metavar="PATH",
+                        help="real image file(s) instead of a synthetic volume: only the label agreement of (b) with "
+                             "(a') is measured (needs --model-dir)")
+    parser.add_argument("--overlap", type=float, default=None, help="(b)'s minimum tile overlap (default: ours)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
 
@@ -192,6 +224,11 @@ def main(argv=None) -> int:
         net = net.to(memory_format=torch.channels_last_3d)
     patch, classes = list(plans.patch_size), plans.num_classes
     stride = [math.prod(s[a] for s in plans.strides) for a in range(3)]
+    if args.image:
+        if not args.model_dir:
+            parser.error("--image needs --model-dir (a trained model and its plan)")
+        image_agreement(net, plans, args.image, device, amp, stride, args.overlap)
+        return 0
     data = synthetic_volume(args.shape)
     full = args.full_reference or device.type == "cuda"
     patch_voxels = math.prod(patch)
@@ -222,15 +259,16 @@ def main(argv=None) -> int:
                 f"extrapolated: {tiles} tiles x one tile's 8 passes ({t_one:.1f} s); "
                 f"8 x (a') would be {8 * t:.0f} s"))
     ours = {}
-    runs = [("(b)  RCSegNeXt default", (), None)]
+    runs = [("(b)  RCSegNeXt default", (), 0)]
     if not args.skip_tta:
-        runs.append(("(c)  RCSegNeXt + TTA", tuple(plans.mirror_axes), None))
-    if args.also_tiles:
-        runs.append(("(b') RCSegNeXt, tiles only", (), 0))
+        runs.append(("(c)  RCSegNeXt + TTA", tuple(plans.mirror_axes), 0))
+    if args.also_whole_volume:
+        runs.append(("(b') RCSegNeXt, whole-volume opt-in", (), None))
     for name, mirror, limit in runs:
+        extra = {} if args.overlap is None else {"overlap": args.overlap}
         (probs, stats), t, mem = timed(device, lambda m=mirror, v=limit: predict_sliding_window(
             [net], data, patch, classes, total_stride=stride, mirror_axes=m, device=device, amp=amp,
-            whole_volume_max_voxels=v))
+            whole_volume_max_voxels=v, **extra))
         equivalents = stats.forward_passes * math.prod(stats.padded_shape if stats.mode == "whole-volume" else patch) \
             / patch_voxels
         ours[name[:3]] = probs
@@ -242,9 +280,9 @@ def main(argv=None) -> int:
     for name, t, mem, passes, eq, note in rows:
         print(f"| {name} | {t:.1f} | {base / t:.1f} | {mem / 2**20:.0f} | {passes} | {eq:.1f} | {note} |")
     print(f"\n(b) vs (a'): {agreement(ours['(b)'], p_a1, classes)}")
-    tiles_only = ours.get("(b'")
-    if tiles_only is not None:
-        print(f"(b') vs (a'): {agreement(tiles_only, p_a1, classes)}")
+    whole = ours.get("(b'")
+    if whole is not None:
+        print(f"(b') vs (a'): {agreement(whole, p_a1, classes)}")
     if "(c)" in ours:
         if p_a is not None:
             print(f"(c) vs (a):  {agreement(ours['(c)'], p_a, classes)}")

@@ -13,15 +13,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True,
                         help="output file (one case: .nii.gz, .nrrd or .seg.nrrd) or folder (a folder of cases)")
     parser.add_argument("-m", "--model", required=True, help="model folder (plans.json, dataset.json, fold_K/)")
-    parser.add_argument("--folds", type=int, nargs="+", default=None, help="folds to average (default: all present)")
+    parser.add_argument("--folds", nargs="+", default=None, metavar="K|all",
+                        help="folds to average: numbers (fold_K) and/or 'all' (fold_all, trained on every case); "
+                             "default: every numbered fold present, fold_all only when there is none")
     parser.add_argument("--checkpoint", choices=("final", "best"), default="final")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--tta", action="store_true", help="mirroring test-time augmentation over the plan's axes")
     parser.add_argument("--tile-overlap", type=float, default=None,
-                        help="minimum overlap of neighbouring tiles, fraction of the patch (default 0.125)")
+                        help="minimum overlap of neighbouring tiles, fraction of the patch (default 0.25; 0.5 places "
+                             "nnU-Net's tiles)")
     parser.add_argument("--batch-tiles", type=int, default=None, help="tiles per forward pass (default 1 CPU, 4 CUDA)")
-    parser.add_argument("--no-whole-volume", action="store_true",
-                        help="always tile, even when the whole volume fits in memory for one pass")
+    parser.add_argument("--whole-volume", action="store_true",
+                        help="one pass over the whole volume when it fits in memory instead of tiles at the plan's "
+                             "patch size: faster, but NOT equivalent for networks with instance normalisation "
+                             "(RCSegNeXt): their statistics then cover another extent than in training")
+    parser.add_argument("--no-whole-volume", action="store_true", help=argparse.SUPPRESS)  # old name; tiling is default
     parser.add_argument("--format", choices=("nii.gz", "nrrd", "seg.nrrd"), default=None,
                         help="output format (default: from the output name; nii.gz for folders)")
     parser.add_argument("--save-probabilities", action="store_true",
@@ -39,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     predictor = Predictor(args.model, folds=args.folds, checkpoint=args.checkpoint, device=args.device, tta=args.tta,
                           tile_overlap=args.tile_overlap, batch_tiles=args.batch_tiles,
-                          whole_volume_max_voxels=0 if args.no_whole_volume else None, resize_to=args.resize_to)
+                          whole_volume_max_voxels=None if args.whole_volume else 0, resize_to=args.resize_to)
     result = run_prediction(predictor, args.input, args.output, fmt=args.format,
                             save_probabilities=args.save_probabilities, progress_json=args.progress_json,
                             overwrite=args.overwrite)

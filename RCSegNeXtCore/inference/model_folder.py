@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
@@ -19,6 +19,18 @@ from RCSegNeXtCore.errors import ModelError
 from RCSegNeXtCore.plans import Plans
 
 CHECKPOINTS = ("final", "best")
+Fold = Union[int, str]  # K for fold_K, "all" for fold_all
+
+
+def parse_fold(value: Fold) -> Fold:
+    """0, "0" -> 0; "all" / "fold_all" -> "all" (nnU-Net's fold trained on every case)."""
+    text = str(value).strip().lower()
+    text = text[5:] if text.startswith("fold_") else text
+    if text == "all":
+        return "all"
+    if text.isdigit():
+        return int(text)
+    raise ModelError(f"fold must be a number (fold_K) or 'all' (fold_all), got {value!r}")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -35,7 +47,8 @@ def default_dataset_json(plans: Plans) -> Dict:
 
 
 class ModelFolder:
-    """Validated view of a model folder. `folds` lists the folds that hold at least one checkpoint."""
+    """Validated view of a model folder. `folds` lists the folds that hold at least one checkpoint: the numbered
+    folds (fold_K), sorted, then "all" when fold_all/ exists (nnU-Net's `--fold all`: trained on every case)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -48,10 +61,14 @@ class ModelFolder:
         self.raw_plans = json.loads((self.path / "plans.json").read_text(encoding="utf-8"))
         self.dataset_json = self._read_dataset_json()
         self._check_labels()
-        self.folds = sorted(int(p.name[5:]) for p in self.path.glob("fold_*")
-                            if p.name[5:].isdigit() and any((p / f"checkpoint_{c}.pt").is_file() for c in CHECKPOINTS))
+        present = [p for p in self.path.glob("fold_*")
+                   if any((p / f"checkpoint_{c}.pt").is_file() for c in CHECKPOINTS)]
+        self.folds: List[Fold] = sorted(int(p.name[5:]) for p in present if p.name[5:].isdigit())
+        if any(p.name == "fold_all" for p in present):
+            self.folds.append("all")
         if not self.folds:
-            raise ModelError(f"{self.path}: no fold_K/checkpoint_final.pt (or checkpoint_best.pt) found")
+            raise ModelError(f"{self.path}: no fold_K/checkpoint_final.pt, fold_all/checkpoint_final.pt (or "
+                             "checkpoint_best.pt) found")
 
     @property
     def name(self) -> str:
@@ -85,7 +102,7 @@ class ModelFolder:
             raise ModelError(f"{self.path}: class names do not fit: dataset.json labels {dataset} vs plans.json "
                              f"labels {plans}; use the dataset.json the model was trained with")
 
-    def checkpoint_path(self, fold: int, checkpoint: str = "final") -> Path:
+    def checkpoint_path(self, fold: Fold, checkpoint: str = "final") -> Path:
         if checkpoint not in CHECKPOINTS:
             raise ModelError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
         path = self.path / f"fold_{fold}" / f"checkpoint_{checkpoint}.pt"
@@ -95,20 +112,24 @@ class ModelFolder:
                              f"(folds present: {self.folds})")
         return path
 
-    def select_folds(self, folds: Optional[Sequence[int]] = None) -> List[int]:
+    def select_folds(self, folds: Optional[Sequence[Fold]] = None) -> List[Fold]:
+        """The folds to use. Default: every numbered fold present (an ensemble, as nnU-Net's default); fold_all only
+        when no numbered fold exists. "all" (or "fold_all") selects fold_all; "0", 0 select fold_0."""
         if folds is None:
-            return list(self.folds)
-        missing = [int(f) for f in folds if int(f) not in self.folds]
+            numbered = [f for f in self.folds if f != "all"]
+            return numbered or ["all"]
+        chosen = [parse_fold(f) for f in folds]
+        missing = [f for f in chosen if f not in self.folds]
         if missing:
             raise ModelError(f"{self.path}: fold(s) {missing} not present; folds present: {self.folds}")
-        return [int(f) for f in folds]
+        return chosen
 
-    def weights_sha256(self, folds: Optional[Sequence[int]] = None, checkpoint: str = "final") -> str:
+    def weights_sha256(self, folds: Optional[Sequence[Fold]] = None, checkpoint: str = "final") -> str:
         """SHA-256 of the checkpoint file (one fold; `sha256sum` gives the same) or of the folds' hex digests joined."""
         digests = [file_sha256(self.checkpoint_path(f, checkpoint)) for f in self.select_folds(folds)]
         return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
 
-    def load_networks(self, folds: Optional[Sequence[int]] = None, checkpoint: str = "final",
+    def load_networks(self, folds: Optional[Sequence[Fold]] = None, checkpoint: str = "final",
                       device: str | torch.device = "cpu") -> List[torch.nn.Module]:
         """One network per fold, weights checked against plans.json, in eval mode on `device`."""
         networks = []
@@ -122,7 +143,7 @@ class ModelFolder:
 
 
 def init_model_folder(plans: Plans, out_dir: str | os.PathLike, dataset_json: Optional[Dict] = None,
-                      folds: Sequence[int] = (0,), seed: int = 0, base_channels: Optional[int] = None,
+                      folds: Sequence[Fold] = (0,), seed: int = 0, base_channels: Optional[int] = None,
                       overwrite: bool = False) -> Path:
     """A model folder with random weights (for tests, timing and the Slicer module's tests)."""
     out = Path(out_dir)
@@ -139,9 +160,10 @@ def init_model_folder(plans: Plans, out_dir: str | os.PathLike, dataset_json: Op
     tmp = out / ".dataset.json.part"
     tmp.write_text(json.dumps(dataset_json, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, out / "dataset.json")
-    for fold in folds:
-        torch.manual_seed(int(seed) + int(fold))
+    for fold in map(parse_fold, folds):
+        fold_seed = int(seed) + (fold if isinstance(fold, int) else 1000)  # fold_all: its own seed
+        torch.manual_seed(fold_seed)
         network = plans.build_network()
-        save_checkpoint(out / f"fold_{int(fold)}" / "checkpoint_final.pt", network.state_dict(),
-                        plans.network_signature(), random_init=True, seed=int(seed) + int(fold))
+        save_checkpoint(out / f"fold_{fold}" / "checkpoint_final.pt", network.state_dict(),
+                        plans.network_signature(), random_init=True, seed=fold_seed)
     return out

@@ -19,7 +19,7 @@ from RCSegNeXtCore.data.io import Geometry, Image
 from RCSegNeXtCore.errors import ImageReadError, ModelError
 from RCSegNeXtCore.inference.export import provenance
 from RCSegNeXtCore.inference.model_folder import ModelFolder
-from RCSegNeXtCore.inference.sliding_window import WindowStats, predict_sliding_window
+from RCSegNeXtCore.inference.sliding_window import DEFAULT_TILE_OVERLAP, WindowStats, predict_sliding_window
 
 # progress(stage, done, total): stage "preprocess" | "predict" (done/total = forward passes) | "restore"
 StageProgress = Callable[[str, int, int], None]
@@ -76,12 +76,15 @@ def resized_geometry(geometry: Geometry, shape: Sequence[int]) -> Geometry:
 
 
 class Predictor:
-    """`Predictor(model_dir).predict(image)`; networks are loaded once and reused for every case."""
+    """`Predictor(model_dir).predict(image)`; networks are loaded once and reused for every case.
 
-    def __init__(self, model_dir: str | os.PathLike, folds: Optional[Sequence[int]] = None,
+    `folds`: fold numbers and/or "all" (fold_all); default every numbered fold present (fold_all when there is none).
+    """
+
+    def __init__(self, model_dir: str | os.PathLike, folds: Optional[Sequence[int | str]] = None,
                  checkpoint: str = "final", device: str = "auto", tta: bool = False,
                  tile_overlap: Optional[float] = None, batch_tiles: Optional[int] = None,
-                 whole_volume_max_voxels: Optional[int] = None, resize_to: Optional[Sequence[int]] = None,
+                 whole_volume_max_voxels: Optional[int] = 0, resize_to: Optional[Sequence[int]] = None,
                  amp: bool = True):
         self.model = ModelFolder(model_dir)
         self.plans = self.model.plans
@@ -89,10 +92,12 @@ class Predictor:
         self.folds = self.model.select_folds(folds)
         self.checkpoint = checkpoint
         self.tta = bool(tta)
-        self.tile_overlap = 0.125 if tile_overlap is None else float(tile_overlap)
+        self.tile_overlap = DEFAULT_TILE_OVERLAP if tile_overlap is None else float(tile_overlap)
         if not 0.0 <= self.tile_overlap < 1.0:
             raise ModelError(f"tile overlap must be in [0, 1), got {self.tile_overlap}")
         self.batch_tiles = int(batch_tiles or (4 if self.device.type == "cuda" else 1))
+        # 0: tile at the plan's patch size (default: what a patch-trained instance-norm network needs); None or > 0:
+        # one whole-volume pass when it fits (faster, NOT equivalent for instance-norm networks), see sliding_window
         self.whole_volume_max_voxels = whole_volume_max_voxels
         if resize_to is not None and (len(resize_to) != 3 or min(int(v) for v in resize_to) < 1):
             raise ModelError(f"--resize-to needs 3 positive sizes Z Y X, got {list(resize_to)}")
