@@ -55,6 +55,11 @@ def test_init_model_cli_with_base_channels(tmp_path):
     model = ModelFolder(tmp_path / "m")
     assert model.plans.architecture.base_channels == 8 and model.folds == [0, 1]
     assert model.load_networks()[0].stem.out_channels == 8
+    assert cli(["init-model", "--plans", str(tmp_path / "plans.json"), "-o", str(tmp_path / "all"),
+                "--folds", "all"]) == 0
+    assert ModelFolder(tmp_path / "all").folds == ["all"]
+    assert cli(["init-model", "--plans", str(tmp_path / "plans.json"), "-o", str(tmp_path / "bad"),
+                "--folds", "first"]) == 2
 
 
 def test_fold_all_is_accepted_and_selected_by_name(tmp_path):

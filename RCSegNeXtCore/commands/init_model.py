@@ -11,7 +11,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, help="model folder to create")
     parser.add_argument("--dataset-json", default=None, help="dataset.json to copy (default: made from the plan)")
     parser.add_argument("--base-channels", type=int, default=None, help="network width override (e.g. 8)")
-    parser.add_argument("--folds", type=int, nargs="+", default=[0], help="folds to create (default 0)")
+    parser.add_argument("--folds", nargs="+", default=["0"],
+                        help="folds to create: numbers and/or all (fold_all); default 0")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing model folder's files")
 
@@ -21,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from RCSegNeXtCore.errors import DatasetError
-    from RCSegNeXtCore.inference.model_folder import init_model_folder
+    from RCSegNeXtCore.inference.model_folder import init_model_folder, parse_fold
     from RCSegNeXtCore.plans import Plans
 
     dataset_json = None
@@ -30,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
             dataset_json = json.loads(Path(args.dataset_json).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise DatasetError(f"{args.dataset_json}: cannot be read as JSON ({exc})") from None
-    out = init_model_folder(Plans.load(args.plans), args.output, dataset_json, folds=args.folds, seed=args.seed,
+    folds = [parse_fold(f) for f in args.folds]
+    out = init_model_folder(Plans.load(args.plans), args.output, dataset_json, folds=folds, seed=args.seed,
                             base_channels=args.base_channels, overwrite=args.overwrite)
-    print(f"model folder with random weights: {out} (folds {', '.join(map(str, args.folds))})")
+    print(f"model folder with random weights: {out} (folds {', '.join(map(str, folds))})")
     return 0
