@@ -22,6 +22,7 @@ import torch
 from RCSegNeXtCore.progress import ProgressBar, format_seconds
 from RCSegNeXtCore.training import checkpointing as ckpt
 from RCSegNeXtCore.training.augment import AugmentConfig, Augmenter, context_size
+from RCSegNeXtCore.training.deep_supervision import DeepSupervision
 from RCSegNeXtCore.training.distributed import DistInfo, all_reduce_sum, barrier, gather_objects
 from RCSegNeXtCore.training.logs import RunLog, write_metrics
 from RCSegNeXtCore.training.loss import DiceCELoss
@@ -97,12 +98,16 @@ class Trainer:
         torch.manual_seed(config.seed)                         # same initial weights on every rank
         self.network = plans.build_network().to(self.device)
         self.signature = plans.network_signature()
-        self.model = self.network
+        # what is trained: the network, or the network plus deep-supervision heads (its weights stay separate)
+        self.ds = DeepSupervision(self.network, plans.num_classes).to(self.device) \
+            if plans.architecture.deep_supervision else None
+        self.trained = self.ds if self.ds is not None else self.network
+        self.model = self.trained
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = DistributedDataParallel(self.network, device_ids=ids)
-        self.optimizer = torch.optim.SGD(self.network.parameters(), lr=config.lr, momentum=config.momentum,
+            self.model = DistributedDataParallel(self.trained, device_ids=ids)
+        self.optimizer = torch.optim.SGD(self.trained.parameters(), lr=config.lr, momentum=config.momentum,
                                          nesterov=True, weight_decay=config.weight_decay)
         self.scheduler = PolyLRScheduler(self.optimizer, config.lr, config.epochs)
         self.amp_dtype = amp_dtype(self.device.type, config.amp)
@@ -146,12 +151,15 @@ class Trainer:
                 optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                 grad_scaler=self.scaler.state_dict(), rank_states=rank_states, world_size=self.dist.world_size,
                 history=self.history, ema=self.ema, best_ema=self.best_ema,
-                plans=self.plans.to_dict(), config=asdict(self.config))
+                plans=self.plans.to_dict(), config=asdict(self.config),
+                **({"ds_heads": self.ds.heads.state_dict()} if self.ds is not None else {}))
         barrier(self.dist)
 
     def resume(self, path: Path) -> None:
         state = ckpt.load_training_checkpoint(path, self.signature, map_location=self.device)
         self.network.load_state_dict(state["network"])
+        if self.ds is not None:
+            self.ds.heads.load_state_dict(state["ds_heads"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["grad_scaler"])
@@ -199,7 +207,7 @@ class Trainer:
         loss = self.loss(out, y)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config.grad_clip)
+        torch.nn.utils.clip_grad_norm_(self.trained.parameters(), self.config.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return float(loss.detach())
