@@ -61,7 +61,9 @@ def sagittal_figure(images: Sequence[np.ndarray], references: Sequence[np.ndarra
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    colours = {1: "#e6b422", 2: "#d9304f"}
+    from RCSegNeXtCore.inference.segments import style_for
+    # the segments' own colours (the paper's red rectum, green tumour), as in Slicer
+    colours = {v: style_for(label_names.get(v, str(v)), v).color for v in (1, 2)}
     n = len(images)
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.6), squeeze=False)
     for ax, image, ref, pred, name, sp in zip(axes[0], images, references, predictions, names, spacing):
