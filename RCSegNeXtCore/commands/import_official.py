@@ -65,8 +65,8 @@ def read_official_state_dict(path) -> dict:
         raise ModelError(
             f"{path}: refused: loading with weights_only=True failed because the file holds Python objects other "
             f"than tensors ({reason}). Unpickling such objects can run code, so it is not done here. If you trust "
-            "the file, extract the weights in a separate Python session: torch.save(torch.load(PATH, "
-            "weights_only=False)['network_weights'], 'weights.pt'), then import weights.pt") from None
+            "the file, extract the weights in a separate Python session (load it there with weights_only=False "
+            "and torch.save only its 'network_weights' dict as weights.pt), then import weights.pt") from None
     if isinstance(data, dict):
         for key in ("network_weights", "state_dict", "network", "model"):
             if isinstance(data.get(key), dict):
