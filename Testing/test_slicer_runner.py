@@ -40,7 +40,8 @@ def test_predict_command_is_accepted_by_the_core_cli():
     assert command[:3] == ["/opt/Slicer/bin/PythonSlicer", "-m", "RCSegNeXtCore.predict"]
     args = build_parser().parse_args(["predict", *command[3:]])
     assert (args.input, args.output, args.model, args.device) == ("in.nrrd", "out.nrrd", "/models/m", "cuda")
-    assert args.tta and args.folds == [0, 2] and args.progress_json
+    from RCSegNeXtCore.inference.model_folder import parse_fold
+    assert args.tta and [parse_fold(f) for f in args.folds] == [0, 2] and args.progress_json
     plain = build_parser().parse_args(["predict", *build_predict_command("py", "i", "o", "m")[3:]])
     assert not plain.tta and plain.folds is None and plain.device == "auto"
 
