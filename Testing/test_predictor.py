@@ -61,7 +61,8 @@ def test_prediction_on_the_exact_input_grid(predictor):
     large = _image(Geometry((6, 60, 56), (4.0, 0.875, 0.875), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1)), seed=2,
                    zero_border=False)
     tiled = predictor.predict(large, keep_probabilities=True)
-    assert tiled.stats.mode == "tiles" and tiled.stats.tile_grid == [1, 3, 2]   # y 60: 3 tiles, x 56: 2 (overlap 8)
+    # in-plane stride 8: a 32-voxel patch is 4 bottleneck cells, so tiles overlap by half: y 60 -> 3, x 56 -> 3
+    assert tiled.stats.mode == "tiles" and tiled.stats.tile_grid == [1, 3, 3]
     whole = Predictor(predictor.model.path, device="cpu", whole_volume_max_voxels=10**9).predict(
         large, keep_probabilities=True)
     assert whole.stats.mode == "whole-volume" and whole.stats.forward_passes == 2

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from RCSegNeXtCore.inference.sliding_window import (gaussian_importance, mirror_combinations,
+from RCSegNeXtCore.inference.sliding_window import (default_min_overlaps, gaussian_importance, mirror_combinations,
                                                      predict_sliding_window, tile_grid, tile_starts)
 
 
@@ -36,6 +36,17 @@ def test_tile_starts_fewest_that_keep_the_overlap():
         assert (patch - gaps >= overlap).all()      # neighbours overlap by at least min_overlap
         fewer = len(starts) - 1                      # one tile fewer cannot cover with that overlap
         assert fewer == 1 or patch - (length - patch) / (fewer - 1) < overlap
+
+
+@pytest.mark.parametrize("patch,stride,expected", [
+    ((16, 320, 320), (4, 16, 16), [8, 80, 80]),    # 1/4 of the patch already exceeds two bottleneck cells
+    ((16, 320, 320), (8, 32, 32), [8, 80, 80]),    # z: two cells (16) capped at half the patch (8)
+    ((16, 64, 64), (4, 16, 16), [8, 32, 32]),      # the demo: a 4-cell patch gets half the patch (nnU-Net's step)
+    ((16, 80, 80), (4, 16, 16), [8, 32, 32]),      # 5 cells: two cells (32) > 1/4 (20)
+    ((8, 16, 16), (1, 1, 1), [2, 4, 4]),           # no stride known: 1/4 of the patch
+])
+def test_default_min_overlaps_hand_computed(patch, stride, expected):
+    assert default_min_overlaps(patch, stride) == expected
 
 
 def test_gaussian_matches_nnunet_construction_with_scipy():
@@ -98,7 +109,8 @@ def test_pointwise_network_tiles_equal_direct_softmax():
     whole, stats = predict_sliding_window([net], data, (8, 16, 16), 3, total_stride=(1, 4, 4), whole_volume_max_voxels=10**9)
     assert stats.mode == "whole-volume" and stats.forward_passes == 1 and stats.padded_shape == (11, 40, 32)
     default, stats = predict_sliding_window([net], data, (8, 16, 16), 3, total_stride=(1, 4, 4))
-    assert stats.mode == "tiles" and stats.tile_grid == [2, 3, 3]     # tiling is the default (overlap 1/4: x 29 -> 3)
+    # tiling is the default; a 16-voxel patch is 4 bottleneck cells of stride 4: overlap 8 in-plane, y 37 -> 4, x 29 -> 3
+    assert stats.mode == "tiles" and stats.tile_grid == [2, 4, 3]
     torch.testing.assert_close(whole, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -176,6 +188,16 @@ def test_paper_volume_needs_8_tiles_where_nnunet_default_places_18():
     # overlap 0.5 places exactly nnU-Net's tiles
     for length, patch in [(24, 16), (512, 320), (100, 64), (95, 64), (200, 48)]:
         assert tile_starts(length, patch, math.ceil(0.5 * patch)) == bench.nnunet_steps(length, patch)
+    # the default rule with the network's total stride: still 8 tiles for the paper's patch (10 or 20 cells
+    # in-plane), but nnU-Net's own tiles for the demo's 4-cell patch [16, 64, 64] (stride 4 x 16 x 16)
+    for stride in [(4, 16, 16), (8, 32, 32)]:
+        assert len(tile_grid((24, 512, 512), (16, 320, 320), None, stride)) == 8
+    for length in range(65, 200):
+        demo = sorted({t[1].start for t in tile_grid((16, length, 64), (16, 64, 64), None, (4, 16, 16))})
+        assert demo == bench.nnunet_steps(length, 64)
+    # an explicit fraction is taken as given: overlap 1/4 places 2 tiles on 100 voxels, the default 3
+    assert len(tile_grid((16, 100, 64), (16, 64, 64), 0.25, (4, 16, 16))) == 2
+    assert len(tile_grid((16, 100, 64), (16, 64, 64), None, (4, 16, 16))) == 3
 
 
 def test_overlap_half_reproduces_an_nnunet_style_reference():

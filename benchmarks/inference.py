@@ -4,7 +4,8 @@
        averaged over the 8 mirrorings, softmax at the end), re-implemented here independently of RCSegNeXtCore;
   (a') the same without mirroring;
   (b)  RCSegNeXtCore.inference.sliding_window with its defaults (fewest tiles at the plan's patch size with a
-       minimum overlap of 1/4, Gaussian-weighted logits as nnU-Net; no mirroring);
+       minimum overlap of 1/4 of the patch, at least two bottleneck cells, at most half the patch; Gaussian-weighted
+       logits as nnU-Net; no mirroring);
   (b') with --also-whole-volume: the opt-in single whole-volume pass (faster, not equivalent for instance norms);
   (c)  (b) with mirroring TTA over the plan's axes.
 Printed: wall time, peak memory (CUDA: max allocated; CPU: peak resident-set growth during the run), forward passes
@@ -160,28 +161,46 @@ def synthetic_volume(shape, seed=0) -> torch.Tensor:
     return ((volume - volume.mean()) / volume.std())[0]
 
 
-def image_agreement(net, plans, images, device, amp: bool, stride, overlap: float | None) -> None:
+def shifted_reference(net, data: torch.Tensor, patch, num_classes: int, device, amp: bool, shift: int):
+    """(a') with its tile grid moved: the volume zero-padded by `shift` voxels before y and x, the result cropped back."""
+    padded = torch.nn.functional.pad(data, (shift, 0, shift, 0))
+    probs, _, _ = nnunet_reference(net, padded, patch, num_classes, False, device, amp)
+    return probs[:, :, shift:, shift:]
+
+
+def image_agreement(net, plans, images, device, amp: bool, stride, overlap: float | None, shift: int = 5) -> None:
     """Label agreement of (b) with (a') on real image files (preprocessed exactly as the plan says): Dice per class
-    per image, and pooled over all images (intersections and sizes summed)."""
+    per image, and pooled over all images (intersections and sizes summed). Also the model's own sensitivity to tile
+    placement: (a') against (a') with its tiles moved by `shift` voxels in y and x (0: not measured)."""
     from RCSegNeXtCore.data.io import read_image
     from RCSegNeXtCore.data.preprocess import preprocess_case
 
     classes, patch = plans.num_classes, list(plans.patch_size)
-    pooled = np.zeros((classes, 3))  # per class: |a and b|, |a|, |b|
+    pooled = {"(b) vs (a')": np.zeros((classes, 3))}  # per class: |a and b|, |a|, |b|
+    if shift:
+        pooled[f"(a') moved {shift} voxels vs (a')"] = np.zeros((classes, 3))
     extra = {} if overlap is None else {"overlap": overlap}
+
+    def count(name, a, b):
+        for k in range(1, classes):
+            pooled[name][k] += [np.logical_and(a == k, b == k).sum(), (a == k).sum(), (b == k).sum()]
+
     for path in images:
         case = preprocess_case(read_image(path), plans)
         data = torch.from_numpy(np.ascontiguousarray(case.data, dtype=np.float32))
         ref, passes_ref, _ = nnunet_reference(net, data, patch, classes, False, device, amp)
         ours, stats = predict_sliding_window([net], data, patch, classes, total_stride=stride, device=device, amp=amp,
                                              **extra)
-        la, lb = ref.argmax(0).numpy(), ours.argmax(0).numpy()
-        for k in range(1, classes):
-            pooled[k] += [np.logical_and(la == k, lb == k).sum(), (la == k).sum(), (lb == k).sum()]
-        print(f"{Path(path).name}: preprocessed {list(data.shape[1:])}; (a') {passes_ref} passes, (b) "
-              f"{stats.forward_passes} passes ({stats.mode}, tiles {stats.tile_grid}); {agreement(ours, ref, classes)}")
-    dices = " ".join(f"{2 * i / max(a + b, 1):.4f}" for i, a, b in pooled[1:])
-    print(f"pooled over {len(images)} image(s): (b) vs (a') label Dice per class (1..{classes - 1}): {dices}")
+        count("(b) vs (a')", ours.argmax(0).numpy(), ref.argmax(0).numpy())
+        line = f"{Path(path).name}: preprocessed {list(data.shape[1:])}; (a') {passes_ref} passes, (b) " \
+               f"{stats.forward_passes} passes ({stats.mode}, tiles {stats.tile_grid}); {agreement(ours, ref, classes)}"
+        if shift:
+            moved = shifted_reference(net, data, patch, classes, device, amp, shift)
+            count(f"(a') moved {shift} voxels vs (a')", moved.argmax(0).numpy(), ref.argmax(0).numpy())
+        print(line, flush=True)
+    for name, counts in pooled.items():
+        dices = " ".join(f"{2 * i / max(a + b, 1):.4f}" for i, a, b in counts[1:])
+        print(f"pooled over {len(images)} image(s): {name} label Dice per class (1..{classes - 1}): {dices}")
 
 
 def main(argv=None) -> int:
@@ -200,6 +219,9 @@ def main(argv=None) -> int:
                         help="real image file(s) instead of a synthetic volume: only the label agreement of (b) with "
                              "(a') is measured (needs --model-dir)")
     parser.add_argument("--overlap", type=float, default=None, help="(b)'s minimum tile overlap (default: ours)")
+    parser.add_argument("--shift", type=int, default=5,
+                        help="with --image: also compare (a') with (a') whose tiles are moved by this many voxels in "
+                             "y and x, the model's own sensitivity to tile placement (0: skip)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
 
@@ -227,7 +249,7 @@ def main(argv=None) -> int:
     if args.image:
         if not args.model_dir:
             parser.error("--image needs --model-dir (a trained model and its plan)")
-        image_agreement(net, plans, args.image, device, amp, stride, args.overlap)
+        image_agreement(net, plans, args.image, device, amp, stride, args.overlap, args.shift)
         return 0
     data = synthetic_volume(args.shape)
     full = args.full_reference or device.type == "cuda"

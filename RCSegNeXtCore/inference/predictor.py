@@ -19,7 +19,7 @@ from RCSegNeXtCore.data.io import Geometry, Image
 from RCSegNeXtCore.errors import ImageReadError, ModelError
 from RCSegNeXtCore.inference.export import provenance
 from RCSegNeXtCore.inference.model_folder import ModelFolder
-from RCSegNeXtCore.inference.sliding_window import DEFAULT_TILE_OVERLAP, WindowStats, predict_sliding_window
+from RCSegNeXtCore.inference.sliding_window import WindowStats, predict_sliding_window
 
 # progress(stage, done, total): stage "preprocess" | "predict" (done/total = forward passes) | "restore"
 StageProgress = Callable[[str, int, int], None]
@@ -92,8 +92,8 @@ class Predictor:
         self.folds = self.model.select_folds(folds)
         self.checkpoint = checkpoint
         self.tta = bool(tta)
-        self.tile_overlap = DEFAULT_TILE_OVERLAP if tile_overlap is None else float(tile_overlap)
-        if not 0.0 <= self.tile_overlap < 1.0:
+        self.tile_overlap = None if tile_overlap is None else float(tile_overlap)  # None: the default rule
+        if self.tile_overlap is not None and not 0.0 <= self.tile_overlap < 1.0:
             raise ModelError(f"tile overlap must be in [0, 1), got {self.tile_overlap}")
         self.batch_tiles = int(batch_tiles or (4 if self.device.type == "cuda" else 1))
         # 0: tile at the plan's patch size (default: what a patch-trained instance-norm network needs); None or > 0:

@@ -5,9 +5,9 @@ Fast by design (compared with nnU-Net v2's default of a step of half the patch a
   RCSegNeXt) computes its statistics over the extent it sees, so only patch-sized tiles reproduce what it saw in
   training (a whole-volume pass is faster but NOT equivalent: on the trained demo model its labels agreed with the
   nnU-Net-style reference with Dice 0.31 / 0.15 only); `tile_starts` places the FEWEST tiles that cover an axis
-  while keeping a minimum overlap (default 1/4 of the patch), spread evenly; the Gaussian importance map
-  (sigma = patch/8) down-weights every tile's borders, where zero padding inside the network makes its output least
-  reliable, so the stitched result matches a denser tiling;
+  while keeping a minimum overlap, spread evenly (`default_min_overlaps`: 1/4 of the patch, but at least two
+  bottleneck cells and at most half the patch); the Gaussian importance map (sigma = patch/8) down-weights every
+  tile's borders, where zero padding inside the network makes its output least reliable;
 - opt-in (`whole_volume_max_voxels` > 0 or None): ONE whole-volume pass when the stride-padded volume fits memory
   (exact only for networks without instance/global statistics);
 - mirroring (test-time augmentation) is opt-in; mirror combinations over axes of length 1 are skipped (a flip of a
@@ -71,9 +71,26 @@ def tile_starts(length: int, patch: int, min_overlap: int) -> List[int]:
     return [int(round(v)) for v in np.linspace(0, length - patch, count)]
 
 
-def tile_grid(shape: Sequence[int], patch_size: Sequence[int], overlap: float) -> List[Tuple[slice, ...]]:
-    """All tiles (as slices) of a volume at least as large as the patch, minimum overlap = overlap x patch."""
-    per_axis = [tile_starts(s, p, int(math.ceil(overlap * p))) for s, p in zip(shape, patch_size)]
+def default_min_overlaps(patch_size: Sequence[int], total_stride: Sequence[int]) -> List[int]:
+    """Default minimum overlap per axis (voxels): 1/4 of the patch, raised to two bottleneck cells (2 x the network's
+    total stride), never above half the patch (nnU-Net's step 0.5, the densest tiling we place).
+
+    The outermost bottleneck cell of a tile is computed from zero padding, and the decoder spreads that cell over
+    `stride` voxels; an overlap of two cells lets every voxel be predicted by a tile in which it lies at least one cell
+    inside. It only matters for patches a few cells wide: the paper's [16, 320, 320] patch (10 cells in-plane) keeps
+    overlap 1/4 (2 x 2 x 2 tiles on [24, 512, 512]); the demo's [16, 64, 64] patch (4 cells) gets nnU-Net's step 0.5,
+    where 1/4 left the middle of a 100-voxel axis inside the border cells of both tiles (see README, Inference)."""
+    return [min(max(int(math.ceil(DEFAULT_TILE_OVERLAP * p)), 2 * int(s)), int(p) // 2)
+            for p, s in zip(patch_size, total_stride)]
+
+
+def tile_grid(shape: Sequence[int], patch_size: Sequence[int], overlap: Optional[float] = None,
+              total_stride: Sequence[int] = (1, 1, 1)) -> List[Tuple[slice, ...]]:
+    """All tiles (as slices) of a volume at least as large as the patch; minimum overlap = overlap x patch, or
+    `default_min_overlaps` when overlap is None."""
+    overlaps = default_min_overlaps(patch_size, total_stride) if overlap is None else \
+        [int(math.ceil(overlap * p)) for p in patch_size]
+    per_axis = [tile_starts(s, p, o) for s, p, o in zip(shape, patch_size, overlaps)]
     return [tuple(slice(a, a + p) for a, p in zip(starts, patch_size)) for starts in itertools.product(*per_axis)]
 
 
@@ -117,7 +134,7 @@ def _pad_to(data: torch.Tensor, target: Sequence[int]) -> Tuple[torch.Tensor, Tu
 
 @torch.inference_mode()
 def predict_sliding_window(networks: Sequence[torch.nn.Module], data: torch.Tensor, patch_size: Sequence[int],
-                           num_classes: int, *, total_stride: Sequence[int] = (1, 1, 1), overlap: float = DEFAULT_TILE_OVERLAP,
+                           num_classes: int, *, total_stride: Sequence[int] = (1, 1, 1), overlap: Optional[float] = None,
                            mirror_axes: Sequence[int] = (), batch_tiles: int = 1,
                            whole_volume_max_voxels: Optional[int] = 0, device: str | torch.device = "cpu",
                            amp: bool = False, progress: Optional[ProgressFn] = None
@@ -127,7 +144,8 @@ def predict_sliding_window(networks: Sequence[torch.nn.Module], data: torch.Tens
     `whole_volume_max_voxels`: 0 (default) always tiles at the patch size (what a patch-trained network with
     instance norms needs); > 0 runs ONE pass over the whole volume when its stride-padded size has at most this many
     voxels, None sizes that limit from free memory (faster, not equivalent for instance-norm networks).
-    `overlap`: minimum tile overlap as a fraction of the patch.
+    `overlap`: minimum tile overlap as a fraction of the patch; None (default): `default_min_overlaps` for the
+    network's `total_stride`.
     """
     device = torch.device(device)
     data = torch.as_tensor(data, dtype=torch.float32)
@@ -145,7 +163,7 @@ def predict_sliding_window(networks: Sequence[torch.nn.Module], data: torch.Tens
     else:
         padded, region = _pad_to(data, [max(s, p) for s, p in zip(shape, patch_size)])
         window = tuple(int(p) for p in patch_size)
-        tiles = tile_grid(padded.shape[1:], window, overlap)
+        tiles = tile_grid(padded.shape[1:], window, overlap, total_stride)
         weight = gaussian_importance(window)
     combos = mirror_combinations(mirror_axes, window)
     stats = WindowStats("whole-volume" if whole else "tiles", len(tiles), len(combos), len(networks), 0,
