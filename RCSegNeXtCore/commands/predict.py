@@ -20,8 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--tta", action="store_true", help="mirroring test-time augmentation over the plan's axes")
     parser.add_argument("--tile-overlap", type=float, default=None,
-                        help="minimum overlap of neighbouring tiles, fraction of the patch (default 0.25; 0.5 places "
-                             "nnU-Net's tiles)")
+                        help="minimum overlap of neighbouring tiles, fraction of the patch, taken as given (default: "
+                             "1/4 of the patch, at least two bottleneck cells, at most half; 0.5 places nnU-Net's "
+                             "tiles)")
     parser.add_argument("--batch-tiles", type=int, default=None, help="tiles per forward pass (default 1 CPU, 4 CUDA)")
     parser.add_argument("--whole-volume", action="store_true",
                         help="one pass over the whole volume when it fits in memory instead of tiles at the plan's "
