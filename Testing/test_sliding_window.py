@@ -109,7 +109,7 @@ def test_pointwise_network_tiles_equal_direct_softmax():
     whole, stats = predict_sliding_window([net], data, (8, 16, 16), 3, total_stride=(1, 4, 4), whole_volume_max_voxels=10**9)
     assert stats.mode == "whole-volume" and stats.forward_passes == 1 and stats.padded_shape == (11, 40, 32)
     default, stats = predict_sliding_window([net], data, (8, 16, 16), 3, total_stride=(1, 4, 4))
-    # tiling is the default; a 16-voxel patch is 4 bottleneck cells of stride 4: overlap 8 in-plane, y 37 -> 4, x 29 -> 3
+    # tiling is the default; a 16-voxel patch is 4 cells of stride 4: overlap 8 in-plane, y 37 -> 4, x 29 -> 3
     assert stats.mode == "tiles" and stats.tile_grid == [2, 4, 3]
     torch.testing.assert_close(whole, expected, atol=1e-5, rtol=1e-5)
 

@@ -162,7 +162,7 @@ def synthetic_volume(shape, seed=0) -> torch.Tensor:
 
 
 def shifted_reference(net, data: torch.Tensor, patch, num_classes: int, device, amp: bool, shift: int):
-    """(a') with its tile grid moved: the volume zero-padded by `shift` voxels before y and x, the result cropped back."""
+    """(a') with its tiles moved: the volume zero-padded by `shift` voxels before y and x, the result cropped back."""
     padded = torch.nn.functional.pad(data, (shift, 0, shift, 0))
     probs, _, _ = nnunet_reference(net, padded, patch, num_classes, False, device, amp)
     return probs[:, :, shift:, shift:]

@@ -77,9 +77,9 @@ def default_min_overlaps(patch_size: Sequence[int], total_stride: Sequence[int])
 
     The outermost bottleneck cell of a tile is computed from zero padding, and the decoder spreads that cell over
     `stride` voxels; an overlap of two cells lets every voxel be predicted by a tile in which it lies at least one cell
-    inside. It only matters for patches a few cells wide: the paper's [16, 320, 320] patch (20 cells of 16 in-plane) keeps
-    overlap 1/4 (2 x 2 x 2 tiles on [24, 512, 512]); the demo's [16, 64, 64] patch (4 cells) gets nnU-Net's step 0.5,
-    where 1/4 left the middle of a 100-voxel axis inside the border cells of both tiles (see README, Inference)."""
+    inside. It only matters for patches a few cells wide: the paper's [16, 320, 320] patch (20 cells of 16 in-plane)
+    keeps overlap 1/4 (2 x 2 x 2 tiles on [24, 512, 512]); the demo's [16, 64, 64] patch (4 cells) gets nnU-Net's
+    step 0.5, where 1/4 left the middle of a 100-voxel axis in the border cells of both tiles (README, Inference)."""
     return [min(max(int(math.ceil(DEFAULT_TILE_OVERLAP * p)), 2 * int(s)), int(p) // 2)
             for p, s in zip(patch_size, total_stride)]
 
