@@ -168,7 +168,32 @@ def shifted_reference(net, data: torch.Tensor, patch, num_classes: int, device, 
     return probs[:, :, shift:, shift:]
 
 
-def image_agreement(net, plans, images, device, amp: bool, stride, overlap: float | None, shift: int = 5) -> None:
+@torch.inference_mode()
+def single_tile_agreement(net, data: torch.Tensor, ref_labels: np.ndarray, patch, counts: np.ndarray, rng,
+                          tiles: int = 24, bin_width: int = 4) -> None:
+    """Adds, per in-plane distance of a voxel from its tile's border (bins of `bin_width`), the |a and b|, |a|, |b|
+    counts per class of single tiles at random positions against the reference labels: how much a tile's own
+    answer depends on where the voxel sits in it."""
+    if data.shape[2] < patch[1] or data.shape[3] < patch[2]:
+        return  # an image narrower than the patch in-plane has no tile positions to vary
+    data = torch.nn.functional.pad(data, [0, 0, 0, 0, 0, max(0, patch[0] - data.shape[1])])
+    ref_labels = np.pad(ref_labels, [(0, data.shape[1] - ref_labels.shape[0]), (0, 0), (0, 0)])
+    yy, xx = np.meshgrid(np.arange(patch[1]), np.arange(patch[2]), indexing="ij")
+    inset = np.minimum(np.minimum(yy, patch[1] - 1 - yy), np.minimum(xx, patch[2] - 1 - xx)) // bin_width
+    device = next(net.parameters()).device
+    for _ in range(tiles):
+        y0, x0 = (int(rng.integers(0, data.shape[a] - patch[a - 1] + 1)) for a in (2, 3))
+        window = (slice(0, patch[0]), slice(y0, y0 + patch[1]), slice(x0, x0 + patch[2]))
+        labels = net(data[(slice(None), *window)][None].to(device))[0].argmax(0).cpu().numpy()
+        ref = ref_labels[window]
+        for b in range(counts.shape[0]):
+            a_, r_ = labels[:, inset == b], ref[:, inset == b]
+            for k in range(1, counts.shape[1]):
+                counts[b, k] += [np.logical_and(a_ == k, r_ == k).sum(), (a_ == k).sum(), (r_ == k).sum()]
+
+
+def image_agreement(net, plans, images, device, amp: bool, stride, overlap: float | None, shift: int = 5,
+                    tile_insets: bool = False) -> None:
     """Label agreement of (b) with (a') on real image files (preprocessed exactly as the plan says): Dice per class
     per image, and pooled over all images (intersections and sizes summed). Also the model's own sensitivity to tile
     placement: (a') against (a') with its tiles moved by `shift` voxels in y and x (0: not measured)."""
@@ -179,6 +204,8 @@ def image_agreement(net, plans, images, device, amp: bool, stride, overlap: floa
     pooled = {"(b) vs (a')": np.zeros((classes, 3))}  # per class: |a and b|, |a|, |b|
     if shift:
         pooled[f"(a') moved {shift} voxels vs (a')"] = np.zeros((classes, 3))
+    insets = np.zeros(((min(patch[1:]) - 1) // 2 // 4 + 1, classes, 3)) if tile_insets else None  # bins of 4
+    rng = np.random.default_rng(0)
     extra = {} if overlap is None else {"overlap": overlap}
 
     def count(name, a, b):
@@ -197,10 +224,17 @@ def image_agreement(net, plans, images, device, amp: bool, stride, overlap: floa
         if shift:
             moved = shifted_reference(net, data, patch, classes, device, amp, shift)
             count(f"(a') moved {shift} voxels vs (a')", moved.argmax(0).numpy(), ref.argmax(0).numpy())
+        if insets is not None:
+            single_tile_agreement(net, data, ref.argmax(0).numpy(), patch, insets, rng)
         print(line, flush=True)
     for name, counts in pooled.items():
         dices = " ".join(f"{2 * i / max(a + b, 1):.4f}" for i, a, b in counts[1:])
         print(f"pooled over {len(images)} image(s): {name} label Dice per class (1..{classes - 1}): {dices}")
+    if insets is not None:
+        print("single tiles at random positions vs (a'), by in-plane distance of the voxel from the tile border:")
+        for b, counts in enumerate(insets):
+            dices = " ".join(f"{2 * i / max(a + r, 1):.3f}" for i, a, r in counts[1:])
+            print(f"  {4 * b:3d}-{4 * b + 3:3d} voxels: label Dice per class {dices}")
 
 
 def main(argv=None) -> int:
@@ -222,6 +256,9 @@ def main(argv=None) -> int:
     parser.add_argument("--shift", type=int, default=5,
                         help="with --image: also compare (a') with (a') whose tiles are moved by this many voxels in "
                              "y and x, the model's own sensitivity to tile placement (0: skip)")
+    parser.add_argument("--tile-insets", action="store_true",
+                        help="with --image: also single tiles at random positions against (a'), by the voxels' "
+                             "distance from the tile border")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
 
@@ -249,7 +286,7 @@ def main(argv=None) -> int:
     if args.image:
         if not args.model_dir:
             parser.error("--image needs --model-dir (a trained model and its plan)")
-        image_agreement(net, plans, args.image, device, amp, stride, args.overlap, args.shift)
+        image_agreement(net, plans, args.image, device, amp, stride, args.overlap, args.shift, args.tile_insets)
         return 0
     data = synthetic_volume(args.shape)
     full = args.full_reference or device.type == "cuda"
