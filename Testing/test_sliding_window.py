@@ -176,12 +176,7 @@ def test_real_network_whole_volume_needs_stride_padding():
 
 
 def test_paper_volume_needs_8_tiles_where_nnunet_default_places_18():
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "inference.py"
-    spec = importlib.util.spec_from_file_location("bench_inference", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark_module()
     assert bench.nnunet_steps(24, 16) == [0, 8] and bench.nnunet_steps(512, 320) == [0, 96, 192]
     assert len(tile_grid((24, 512, 512), (16, 320, 320), 0.125)) == 8     # vs 2 x 3 x 3 = 18 (x 8 mirrors = 144)
     assert len(tile_grid((24, 512, 512), (16, 320, 320), 0.25)) == 8      # the default overlap adds no tile
@@ -220,3 +215,32 @@ def test_overlap_half_reproduces_an_nnunet_style_reference():
     out, stats = predict_sliding_window([net], data, patch, 3, overlap=0.5)
     assert stats.tiles == math.prod(len(s) for s in starts)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+
+
+def _benchmark_module():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "inference.py"
+    spec = importlib.util.spec_from_file_location("bench_inference", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_benchmark_placement_sensitivity_measures():
+    """--shift moves the reference's tiles (a tiling-independent network gives the same answer, one with spatial
+    context does not); --tile-insets counts single tiles per distance from the border (exact for pointwise)."""
+    bench = _benchmark_module()
+    data, patch, cpu = _volume((8, 40, 36), seed=9), [8, 16, 16], torch.device("cpu")
+    pointwise, context = Pointwise().eval(), SmallConv().eval()
+    for net, same in ((pointwise, True), (context, False)):
+        ref, _, _ = bench.nnunet_reference(net, data, patch, 3, False, cpu, False)
+        moved = bench.shifted_reference(net, data, patch, 3, cpu, False, 5)
+        assert moved.shape == ref.shape
+        assert torch.allclose(moved, ref, atol=1e-5) is same
+    ref_labels = bench.nnunet_reference(pointwise, data, patch, 3, False, cpu, False)[0].argmax(0).numpy()
+    counts = np.zeros((2, 3, 3))
+    bench.single_tile_agreement(pointwise, data, ref_labels, patch, counts, np.random.default_rng(0), tiles=4)
+    assert counts[:, 1:, 1].sum() > 0 and counts[:, 1:, 2].sum() > 0
+    np.testing.assert_array_equal(counts[:, 1:, 0], counts[:, 1:, 1])        # |a and b| = |a| = |b|: Dice 1
+    np.testing.assert_array_equal(counts[:, 1:, 1], counts[:, 1:, 2])

@@ -9,7 +9,6 @@ whole archive. Installation is atomic: a half-copied model is never listed.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional
 
 from RCSegNeXtCore.errors import ModelError
+from RCSegNeXtCore.hashing import file_sha256
 
 INSTALL_RECORD = "install.json"
 MAX_UNPACKED_BYTES = 8 << 30  # refuse zip bombs: a model is a few hundred MB at most
@@ -37,14 +37,6 @@ class InstalledModel:
         p = self.provenance
         return (f"{self.name}: folds {p.get('folds', '?')}, from {p.get('source', 'unknown')}, installed "
                 f"{p.get('installed_at', '?')}" + (f", sha256 {p['sha256'][:12]}..." if p.get("sha256") else ""))
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def model_folds(folder: Path) -> List[int]:
@@ -105,7 +97,7 @@ def install_model(source: str | os.PathLike, models_root: str | os.PathLike, nam
     if source.is_file():
         if not zipfile.is_zipfile(source):
             raise ModelError(f"{source}: not a zip archive; give a model folder or a .zip of one")
-        digest = sha256_of(source)
+        digest = file_sha256(source)
         if sha256 and digest.lower() != sha256.strip().lower():
             raise ModelError(f"{source}: SHA-256 mismatch: expected {sha256.strip().lower()}, file has {digest}; the "
                              "download is corrupt or not the published model. Download it again.")

@@ -16,6 +16,7 @@ import torch
 
 from RCSegNeXtCore.checkpoint import load_checkpoint, load_network_weights, save_checkpoint
 from RCSegNeXtCore.errors import ModelError
+from RCSegNeXtCore.hashing import file_sha256
 from RCSegNeXtCore.plans import Plans
 
 CHECKPOINTS = ("final", "best")
@@ -31,14 +32,6 @@ def parse_fold(value: Fold) -> Fold:
     if text.isdigit():
         return int(text)
     raise ModelError(f"fold must be a number (fold_K) or 'all' (fold_all), got {value!r}")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def default_dataset_json(plans: Plans) -> Dict:

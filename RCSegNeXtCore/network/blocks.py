@@ -53,7 +53,24 @@ class ConvBlock(nn.Module):
         return self.act(self.norm(self.conv(x)))
 
 
-class AniNeXtBlock(nn.Module):
+class _ExpandCompressTail(nn.Module):
+    """The tail AniNeXt and Res2NeXt share after their spatial mixing: IN -> 1x1x1 expand (x r) -> GELU ->
+    1x1x1 compress -> + residual. Subclasses build their spatial module first (state_dict order as the official
+    code), then call `_build_tail`."""
+
+    def _build_tail(self, in_channels: int, out_channels: int, expansion: int) -> None:
+        self.norm = _norm(in_channels)
+        self.expand = nn.Conv3d(in_channels, expansion * in_channels, 1)
+        self.act = nn.GELU()
+        self.compress = nn.Conv3d(expansion * in_channels, out_channels, 1)
+        self.shortcut = _shortcut(in_channels, out_channels)
+
+    def _tail(self, x: torch.Tensor, mixed: torch.Tensor) -> torch.Tensor:
+        y = self.compress(self.act(self.expand(self.norm(mixed))))
+        return y + (x if self.shortcut is None else self.shortcut(x))
+
+
+class AniNeXtBlock(_ExpandCompressTail):
     """AniNeXt / ConvNeXt block (Sec. 2.2, Fig. 3a): depthwise conv(k) -> IN -> 1x1x1 expand (x r) -> GELU ->
     1x1x1 compress -> + residual. With a (1, 3, 3) kernel it is AniNeXt; with (3, 3, 3) the ConvNeXt of Table 3."""
 
@@ -62,18 +79,12 @@ class AniNeXtBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel: Kernel, expansion: int = 2, **_: int):
         super().__init__()
-        hidden = expansion * in_channels
         self.dwconv = nn.Conv3d(in_channels, in_channels, tuple(kernel), padding=_padding(kernel),
                                 groups=in_channels)
-        self.norm = _norm(in_channels)
-        self.expand = nn.Conv3d(in_channels, hidden, 1)
-        self.act = nn.GELU()
-        self.compress = nn.Conv3d(hidden, out_channels, 1)
-        self.shortcut = _shortcut(in_channels, out_channels)
+        self._build_tail(in_channels, out_channels, expansion)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.compress(self.act(self.expand(self.norm(self.dwconv(x)))))
-        return y + (x if self.shortcut is None else self.shortcut(x))
+        return self._tail(x, self.dwconv(x))
 
 
 class _HierarchicalSplit(nn.Module):
@@ -126,7 +137,7 @@ class Res2NetBlock(nn.Module):
         return self.act(y + (x if self.shortcut is None else self.shortcut(x)))
 
 
-class Res2NeXtBlock(nn.Module):
+class Res2NeXtBlock(_ExpandCompressTail):
     """Res2NeXt (Sec. 2.3, Fig. 3c): depthwise hierarchical split (s groups) -> IN -> plain 1x1x1 expand (x r) ->
     GELU -> plain 1x1x1 compress -> + residual. IsoNeXt without the Scale-Aware Integration Module."""
 
@@ -137,17 +148,11 @@ class Res2NeXtBlock(nn.Module):
                  **_: int):
         super().__init__()
         _check_scale("res2next", in_channels, scale)
-        hidden = expansion * in_channels
         self.split = _HierarchicalSplit(in_channels, kernel, scale, depthwise=True, norm_act=False)
-        self.norm = _norm(in_channels)
-        self.expand = nn.Conv3d(in_channels, hidden, 1)
-        self.act = nn.GELU()
-        self.compress = nn.Conv3d(hidden, out_channels, 1)
-        self.shortcut = _shortcut(in_channels, out_channels)
+        self._build_tail(in_channels, out_channels, expansion)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.compress(self.act(self.expand(self.norm(self.split(x)))))
-        return y + (x if self.shortcut is None else self.shortcut(x))
+        return self._tail(x, self.split(x))
 
 
 class ScaleAwareIntegration(nn.Module):
