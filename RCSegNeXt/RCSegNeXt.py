@@ -1,20 +1,20 @@
 """3D Slicer scripted module "Segment rectal cancer" (RCSegNeXt): Module, Widget and Test.
 
-The Widget only shows and collects; the Qt-free logic lives in RCSegNeXtLib (logic, runner, models, dependencies)
-and the segmentation science in RCSegNeXtCore. torch is never imported at module load: it is installed through the
-PyTorch extension on first Apply, and inference runs in a separate PythonSlicer process.
+The Widget only shows and collects; the Qt-free logic lives in RCSegNeXtLib (logic, controller, runner, models,
+dependencies, ownership) and the segmentation science in RCSegNeXtCore. torch is never imported into Slicer's
+process by the panel: it is installed through the PyTorch extension on first Apply, the GPU is probed and inference
+runs in separate PythonSlicer processes.
 """
+import logging
 import os
 import shutil
 import tempfile
 
 import qt
 import slicer
-import vtk
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.parameterNodeWrapper import parameterNodeWrapper
-from slicer.util import VTKObservationMixin
 
 from RCSegNeXtLib.logic import RCSegNeXtLogic as QtFreeLogic  # Qt-free, imports no torch
 
@@ -55,40 +55,51 @@ class RCSegNeXtLogic(ScriptedLoadableModuleLogic, QtFreeLogic):
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
+        QtFreeLogic.__init__(self)
 
     def getParameterNode(self):
         return RCSegNeXtParameterNode(super().getParameterNode())
 
 
+def settingsFolder():
+    return os.path.dirname(slicer.app.slicerUserSettingsFilePath)
+
+
 def modelsRoot():
-    """Installed models live beside Slicer's settings: <settings folder>/RCSegNeXt/models."""
-    return os.path.join(os.path.dirname(slicer.app.slicerUserSettingsFilePath), "RCSegNeXt", "models")
+    """Installed models: beside Slicer's settings; on Windows in %LOCALAPPDATA% (settings roam with the profile)."""
+    from RCSegNeXtLib.models import default_models_root
+    return str(default_models_root(settingsFolder()))
 
 
-class RCSegNeXtWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class RCSegNeXtWidget(ScriptedLoadableModuleWidget):
+    """Binds the panel's widgets to the Qt-free RunController, DeviceProbe and Logic, and shows what they report."""
+
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
         self.logic = None
+        self.controller = None
         self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._runner = None
-        self._runTemp = None
-        self._runVolume = None
-        self._runModel = None
-        self._runOutput = None
+        self._binding = None
+        self._lastInput = None
+        self._probe = None
+        self._deviceInfo = None
+        self._sceneObservers = []
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
-        self._timer.timeout.connect(self._pollRunner)
+        self._timer.timeout.connect(self._onTimer)
 
     # -- set-up ------------------------------------------------------------------------------------------------
     def setup(self):
+        from RCSegNeXtLib.binding import ParameterNodeBinding
+        from RCSegNeXtLib.controller import RunController
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/RCSegNeXt.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = RCSegNeXtLogic()
+        self.controller = RunController(self.logic)
+        self._binding = ParameterNodeBinding(on_modified=self._onParameterNodeModified)
 
         for device in DEVICES:
             self.ui.deviceComboBox.addItem(device)
@@ -103,27 +114,32 @@ class RCSegNeXtWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.installZipButton.clicked.connect(lambda: self.onInstallModel(zipFile=True))
         self.ui.openModelFolderButton.clicked.connect(self.onOpenModelFolder)
         self.ui.removeModelButton.clicked.connect(self.onRemoveModel)
+        self.ui.warningsLabel.visible = False
 
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        scene = slicer.mrmlScene
+        self._sceneObservers = [scene.AddObserver(scene.StartCloseEvent, self.onSceneStartClose),
+                                scene.AddObserver(scene.EndCloseEvent, self.onSceneEndClose)]
+        self._moveLegacyModels()
         self.refreshModels()
-        self._showDeviceInfo()
+        self.detectDevice()
         self.initializeParameterNode()
 
     def cleanup(self):
         self.cancelRun()
-        self.removeObservers()
-        self._disconnectParameterNode()
+        if self._probe is not None:
+            self._probe.cancel()
+        self._timer.stop()
+        for tag in self._sceneObservers:
+            slicer.mrmlScene.RemoveObserver(tag)
+        self._sceneObservers = []
+        self._binding.unbind()
 
     def enter(self):
         self.initializeParameterNode()
 
-    def exit(self):
-        self._disconnectParameterNode()
-
     def onSceneStartClose(self, caller, event):
         self.cancelRun()
-        self._disconnectParameterNode()
+        self._binding.unbind()
         self._parameterNode = None
 
     def onSceneEndClose(self, caller, event):
@@ -131,65 +147,95 @@ class RCSegNeXtWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
 
     def initializeParameterNode(self):
+        """Bind to this scene's parameter node (once: re-entering the module does not connect again)."""
         node = self.logic.getParameterNode()
+        if self._parameterNode is not None and self._binding.is_bound_to(node):
+            self._updateButtons()
+            return
         if not node.inputVolume:
             node.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-        self._disconnectParameterNode()
         self._parameterNode = node
-        self._parameterNodeGuiTag = node.connectGui(self.ui)
+        self._lastInput = node.inputVolume
+        self._binding.bind(node, self.ui)
         self.ui.deviceComboBox.setCurrentText(node.device)
         self.ui.modelPathLineEdit.currentPath = node.modelPath
         self.ui.datasetPathLineEdit.currentPath = node.datasetPath
-        self.addObserver(node, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
         self._updateButtons()
-
-    def _disconnectParameterNode(self):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-            self._parameterNodeGuiTag = None
 
     def _setParameter(self, name, value):
         if self._parameterNode:
             setattr(self._parameterNode, name, value)
 
-    def _updateButtons(self, caller=None, event=None):
+    def _onParameterNodeModified(self, caller=None, event=None):
         p = self._parameterNode
-        running = self._runner is not None
+        if p is not None and p.inputVolume is not self._lastInput:
+            # another patient's volume: never keep writing into the previous patient's segmentation
+            self._lastInput = p.inputVolume
+            kept = self.controller.outputForInput(p.inputVolume, p.outputSegmentation)
+            if kept is not p.outputSegmentation:
+                p.outputSegmentation = kept
+        self._updateButtons()
+
+    def _updateButtons(self):
+        p = self._parameterNode
+        running = self.controller.running
+        reason = "" if running else self.controller.readiness(p.inputVolume if p else None, p.modelPath if p else "")
         self.ui.applyButton.text = "Cancel" if running else "Apply"
-        self.ui.applyButton.enabled = running or bool(p and p.inputVolume and p.modelPath)
-        self.ui.applyButton.toolTip = "" if self.ui.applyButton.enabled else "Choose an input volume and a model"
+        self.ui.applyButton.enabled = running or not reason
+        self.ui.applyButton.toolTip = reason
+        if not running and reason:
+            self.ui.statusLabel.text = reason
         self.ui.compareButton.enabled = bool(p and p.referenceSegmentation and p.testSegmentation)
         self.ui.saveCaseButton.enabled = bool(p and p.inputVolume and p.outputSegmentation and p.datasetPath)
 
-    def _onDeviceChanged(self, text):
-        self._setParameter("device", text)
-        self._showDeviceInfo()
+    # -- device (probed in a child process: no torch, no CUDA context in Slicer's process) ----------------------
+    def detectDevice(self):
+        from RCSegNeXtLib.dependencies import DeviceProbe, describe_device, installed_torch_version
+        if installed_torch_version() is None:
+            self._deviceInfo = None
+            self.ui.deviceInfoLabel.text = describe_device(None)
+            return
+        self.ui.deviceInfoLabel.text = "Checking for a GPU..."
+        self._probe = DeviceProbe().start()
+        self._timer.start()
 
-    def _showDeviceInfo(self):
-        from RCSegNeXtLib.dependencies import cuda_status
-        info = cuda_status()
-        device = self.ui.deviceComboBox.currentText
-        if device == "cpu" or (device == "auto" and not info):
-            info = (info + "\n" if info else "") + "CPU: expect minutes per volume (a GPU takes seconds)."
-        if device == "cuda" and not info:
-            info = "No CUDA GPU detected (or torch not installed yet); the run will fail: choose auto or cpu."
-        self.ui.deviceInfoLabel.text = info
+    def _onDeviceChanged(self, text):
+        from RCSegNeXtLib.dependencies import describe_device
+        self._setParameter("device", text)
+        if self._probe is None and self._deviceInfo is not None:
+            self.ui.deviceInfoLabel.text = describe_device(self._deviceInfo, text)
 
     # -- models ------------------------------------------------------------------------------------------------
+    def _moveLegacyModels(self):
+        from RCSegNeXtLib.models import move_legacy_models
+        legacy = os.path.join(settingsFolder(), "RCSegNeXt", "models")
+        try:
+            moved = move_legacy_models(legacy, modelsRoot())
+        except OSError as exc:
+            logging.warning(f"RCSegNeXt: could not move the models in {legacy} to {modelsRoot()}: {exc}")
+            return
+        if moved:
+            logging.info(f"RCSegNeXt: moved models {', '.join(moved)} to {modelsRoot()}")
+
     def refreshModels(self):
-        from RCSegNeXtLib.models import list_models
+        from RCSegNeXtLib.models import list_models, model_guidance
+        from RCSegNeXtLib.runner import find_python_slicer
+        models = list_models(modelsRoot())
         self.ui.modelComboBox.blockSignals(True)
         self.ui.modelComboBox.clear()
-        self.ui.modelComboBox.addItem("(model folder below)", "")
+        self.ui.modelComboBox.addItem("(model folder below)" if models else "(no model installed: see Models)", "")
         self.ui.modelsListWidget.clear()
-        for model in list_models(modelsRoot()):
+        for model in models:
             self.ui.modelComboBox.addItem(model.name, str(model.path))
             item = qt.QListWidgetItem(model.name)
             item.setToolTip(model.description)
             item.setData(qt.Qt.UserRole, model.name)
             self.ui.modelsListWidget.addItem(item)
         self.ui.modelComboBox.blockSignals(False)
+        self.ui.modelsHelpLabel.text = "" if models else model_guidance(find_python_slicer())
+        self.ui.modelsHelpLabel.visible = not models
+        if not models:
+            self.ui.modelsCollapsibleButton.collapsed = False
 
     def _onModelChosen(self, index):
         path = self.ui.modelComboBox.itemData(index)
@@ -198,15 +244,21 @@ class RCSegNeXtWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onInstallModel(self, zipFile):
         from RCSegNeXtLib.models import install_model
+        window = slicer.util.mainWindow()
         if zipFile:
-            source = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), "Model archive", "", "Zip (*.zip)")
-            sha = qt.QInputDialog.getText(slicer.util.mainWindow(), "SHA-256",
-                                          "Published SHA-256 of the archive (leave empty to skip the check):")
+            source = qt.QFileDialog.getOpenFileName(window, "Model archive", "", "Zip (*.zip)")
         else:
-            source = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Model folder")
-            sha = ""
+            source = qt.QFileDialog.getExistingDirectory(window, "Model folder")
         if not source:
             return
+        sha = ""
+        if zipFile:
+            dialog = qt.QInputDialog(window)
+            dialog.setWindowTitle("SHA-256 of the archive")
+            dialog.setLabelText("The SHA-256 published with the model (leave empty to install without checking):")
+            if not dialog.exec_():
+                return  # Cancel cancels the installation
+            sha = dialog.textValue().strip()
         with slicer.util.tryWithErrorDisplay("Model installation failed.", waitCursor=True):
             model = install_model(source, modelsRoot(), sha256=sha or None)
             self.refreshModels()
@@ -232,74 +284,96 @@ class RCSegNeXtWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             remove_model(modelsRoot(), name)
             self.refreshModels()
 
-    # -- segmentation (subprocess) -----------------------------------------------------------------------------
+    # -- segmentation (subprocess, driven by the RunController) -------------------------------------------------
     def onApplyButton(self):
-        if self._runner is not None:
+        if self.controller.running:
             self.cancelRun()
-            self.ui.statusLabel.text = "Cancelled."
             return
-        from RCSegNeXtLib import dependencies, runner
+        from RCSegNeXtLib import dependencies
         p = self._parameterNode
+        output = p.outputSegmentation
+        if output is not None and not self._confirmReplace(output):
+            return
         with slicer.util.tryWithErrorDisplay("Cannot start the segmentation.", waitCursor=True):
+            hadTorch = dependencies.installed_torch_version() is not None
             dependencies.ensure_requirements(ask=slicer.util.confirmOkCancelDisplay)
-            self._runTemp = tempfile.mkdtemp(prefix="RCSegNeXt-")
-            inputPath = self.logic.writeInput(p.inputVolume, os.path.join(self._runTemp, "input.nrrd"))
-            self._runOutput = os.path.join(self._runTemp, "labels.nrrd")
-            self._runVolume, self._runModel = p.inputVolume, p.modelPath
-            command = runner.build_predict_command(runner.find_python_slicer(), inputPath, self._runOutput,
-                                                   p.modelPath, p.device, p.tta)
-            self._runner = runner.SubprocessRunner(command).start()
-            self.ui.progressBar.visible = True
-            self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = "Starting..."
+            if not hadTorch:
+                self.detectDevice()  # torch was just installed: now the GPU can be probed
+            self._showReport(self.controller.start(p.inputVolume, p.modelPath, p.device, p.tta, output))
             self._timer.start()
         self._updateButtons()
 
-    def _pollRunner(self):
-        from RCSegNeXtLib.runner import FinishedEvent, ProgressEvent
-        if self._runner is None:
-            self._timer.stop()
-            return
-        for event in self._runner.poll():
-            if isinstance(event, ProgressEvent):
-                self.ui.progressBar.value = int(100 * event.fraction)
-                self.ui.statusLabel.text = f"{event.stage}: {event.done}/{event.total}"
-            elif isinstance(event, FinishedEvent):
-                self._finishRun(event)
+    def _confirmReplace(self, output):
+        names = [n for n in self.logic.listSegmentNames(output) if n.lower() in ("rectum", "tumor", "tumour")]
+        if not names:
+            return True
+        return slicer.util.confirmOkCancelDisplay(
+            f"The result replaces the segments {', '.join(names)} of '{output.GetName()}', with any corrections "
+            "made in them. To keep them, choose 'Create new segmentation' as output.", windowTitle="Replace segments?")
 
-    def _finishRun(self, event):
-        self._timer.stop()
-        self._runner = None
-        self.ui.progressBar.visible = False
-        try:
-            if event.cancelled:
-                self.ui.statusLabel.text = "Cancelled."
-            elif event.returncode != 0:
-                self.ui.statusLabel.text = "Failed."
-                slicer.util.errorDisplay("Segmentation failed.", detailedText=event.message)
-            else:
-                with slicer.util.tryWithErrorDisplay("Cannot load the result.", waitCursor=True):
-                    seg = self.logic.loadResult(self._runVolume, self._runOutput, self._runModel,
-                                                self._parameterNode.outputSegmentation)
-                    self._parameterNode.outputSegmentation = seg
-                    self._parameterNode.testSegmentation = seg
-                    slicer.util.setSliceViewerLayers(background=self._runVolume, fit=True)
-                    self.ui.statusLabel.text = "Done: correct the segments in Segment Editor. " + RESEARCH_NOTICE
-        finally:
-            shutil.rmtree(self._runTemp, ignore_errors=True)
-            self._runTemp = None
-            self._updateButtons()
+    def _onTimer(self):
+        if self._probe is not None and self._probe.poll():
+            from RCSegNeXtLib.dependencies import describe_device
+            self._deviceInfo = self._probe.info
+            self.ui.deviceInfoLabel.text = describe_device(self._deviceInfo, self.ui.deviceComboBox.currentText)
+            if self._probe.error:
+                logging.warning(f"RCSegNeXt: GPU check failed: {self._probe.error}")
+            self._probe = None
+        if self.controller.running:
+            report = self.controller.poll()
+            self._showReport(report)
+            if not report.running:
+                self._onRunFinished(report)
+        if self._probe is None and not self.controller.running:
+            self._timer.stop()
+
+    def _showReport(self, report):
+        self.ui.progressBar.visible = report.running
+        self.ui.progressBar.value = int(100 * report.fraction)
+        self.ui.statusLabel.text = report.status
+        self.ui.warningsLabel.text = "\n".join("Warning: " + w for w in report.warnings)
+        self.ui.warningsLabel.visible = bool(report.warnings)
+
+    def _onRunFinished(self, report):
+        from RCSegNeXtLib.controller import DONE, FAILED
+        self._showReport(report)
+        if report.state == DONE:
+            self._parameterNode.outputSegmentation = report.segmentation
+            self._parameterNode.testSegmentation = report.segmentation
+            slicer.util.setSliceViewerLayers(background=self.controller.lastVolume, fit=True)
+            self.ui.statusLabel.text = report.status + " " + RESEARCH_NOTICE
+        elif report.state == FAILED:
+            slicer.util.errorDisplay(f"Segmentation failed. {report.status}", detailedText=report.message)
+        self._updateButtons()
 
     def cancelRun(self):
-        if self._runner is not None:
-            self._runner.cancel()
-            self._finishRun(_cancelledEvent())
+        if self.controller is not None and self.controller.running:
+            report = self.controller.cancel()
+            self._onRunFinished(report)
 
     # -- Dice panel and training case --------------------------------------------------------------------------
+    def _withResampleConsent(self, action):
+        """Run `action(resample)`; when a segmentation belongs to another volume, ask before resampling it."""
+        from RCSegNeXtLib.ownership import SegmentationMismatchError
+        try:
+            return action(False)
+        except SegmentationMismatchError as exc:
+            if not slicer.util.confirmYesNoDisplay(
+                    f"{exc}.\n\nOnly if they are the same patient and series (e.g. a registered copy): resample the "
+                    "segmentation onto that volume's grid?", windowTitle="Segmentation of another volume"):
+                return None
+            return action(True)
+
     def onCompareButton(self):
+        from RCSegNeXtLib.ownership import reference_volume
         p = self._parameterNode
+        ref, test = p.referenceSegmentation, p.testSegmentation
+        volume = reference_volume(ref) or reference_volume(test) or p.inputVolume
         with slicer.util.tryWithErrorDisplay("Comparison failed.", waitCursor=True):
-            table = self.logic.compareSegmentations(p.referenceSegmentation, p.testSegmentation, p.inputVolume)
+            table = self._withResampleConsent(lambda resample: self.logic.compareSegmentations(
+                ref, test, volume, resample=resample))
+            if table is None:
+                return
             cells = table.as_text_rows()
             widget = self.ui.diceTable
             widget.clear()
@@ -313,20 +387,26 @@ class RCSegNeXtWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.diceNoteLabel.text = table.geometry_note or f"Both rasterised on '{table.reference_volume}'."
 
     def onSaveCaseButton(self):
+        from RCSegNeXtLib.runner import find_python_slicer
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay("Could not save the training case.", waitCursor=True):
-            caseId = self.logic.saveAsTrainingCase(p.inputVolume, p.outputSegmentation, p.datasetPath,
-                                                   self.ui.caseIdLineEdit.text.strip() or None)
-            slicer.util.infoDisplay(f"Saved case '{caseId}' in {p.datasetPath}.")
-
-
-def _cancelledEvent():
-    from RCSegNeXtLib.runner import FinishedEvent
-    return FinishedEvent(-1, True, "cancelled")
+            caseId = self._withResampleConsent(lambda resample: self.logic.saveAsTrainingCase(
+                p.inputVolume, p.outputSegmentation, p.datasetPath, self.ui.caseIdLineEdit.text.strip() or None,
+                resample=resample))
+            if caseId is None:
+                return
+            run = f"{find_python_slicer()} -m RCSegNeXtCore"
+            slicer.util.infoDisplay(
+                f"Saved case '{caseId}' in {p.datasetPath}.\n\nNext steps (in a terminal):\n"
+                f"  {run} check \"{p.datasetPath}\"\n  {run} train \"{p.datasetPath}\" -o RUN_FOLDER --fold all\n"
+                "then install RUN_FOLDER in the Models section.")
 
 
 class RCSegNeXtTest(ScriptedLoadableModuleTest):
-    """Self-test run inside Slicer (Developer mode > Reload and Test): Logic in-process and the Widget's runner."""
+    """Self-test run inside Slicer (Developer mode > Reload and Test, and CTest): the Logic in-process and the
+    Widget's RunController (subprocess), keeping the GUI live while it waits."""
+
+    TIMEOUT_S = 120  # a 4-channel model on a 12x48x48 volume takes seconds; more means something is wrong
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -343,8 +423,8 @@ class RCSegNeXtTest(ScriptedLoadableModuleTest):
 
     def test_SegmentAndCompare(self):
         import numpy as np
+        from RCSegNeXtLib.controller import DONE, RunController
         from RCSegNeXtLib.dependencies import ensure_torch
-        from RCSegNeXtLib.runner import SubprocessRunner, build_predict_command, find_python_slicer
         self.delayDisplay("Segment a synthetic volume with a tiny random-weight model")
         ensure_torch()
         temp = tempfile.mkdtemp(prefix="RCSegNeXtTest-")
@@ -358,13 +438,11 @@ class RCSegNeXtTest(ScriptedLoadableModuleTest):
             dice = logic.computeDice(seg, seg)
             self.assertTrue(all(v == 1.0 or v != v for v in dice.values()))
             self.delayDisplay("Same through the PythonSlicer process")
-            inputPath = logic.writeInput(volume, os.path.join(temp, "input.nrrd"))
-            output = os.path.join(temp, "labels.nrrd")
-            run = SubprocessRunner(build_predict_command(find_python_slicer(), inputPath, output, model, "cpu"))
-            events = run.start().wait(timeout=300)
-            self.assertEqual(events[-1].returncode, 0, events[-1].message)
-            seg2 = logic.loadResult(volume, output, model)
-            same = logic.computeDice(seg, seg2)  # identical segments: 1.0, or n/a (nan) where both are empty
+            controller = RunController(logic)
+            controller.start(volume, model, device="cpu")
+            report = controller.wait(timeout=self.TIMEOUT_S, idle=slicer.app.processEvents)
+            self.assertEqual(report.state, DONE, f"{report.status} {report.message}")
+            same = logic.computeDice(seg, report.segmentation)  # identical: 1.0, or n/a (nan) where both are empty
             self.assertTrue(all(v == 1.0 or (v != v and dice[k] != dice[k]) for k, v in same.items()), same)
             self.delayDisplay("Test passed")
         finally:

@@ -271,7 +271,7 @@ def test_dice_on_different_geometry_uses_reference_grid(scene, logic):
     test = make_seg(scene, coarse, {"Rectum": box((4, 8, 8), (1, 3), (2, 6), (3, 7))}, "test coarse")
     expected_test = box(shape, (1, 3), (4, 12), (6, 14))                                          # 128, overlap 96
     assert np.array_equal(mask(test, "Rectum", fine), expected_test)
-    table = logic.compareSegmentations(ref, test, fine)
+    table = logic.compareSegmentations(ref, test, fine, resample=True)  # test belongs to 'coarse': asked for
     assert table.rows[0].dice == pytest.approx(2 * 96 / 256)
     assert table.rows[0].test_ml == pytest.approx(128 * 3 / 1000)
     assert "different geometry" in table.geometry_note and "'fine'" in table.geometry_note

@@ -1,6 +1,7 @@
 """The Dice panel's logic: match the segments of two segmentation nodes and score them with the core's metrics.
 
-Both segmentations are rasterised on one reference volume's grid (nearest neighbour, Slicer's segment export), then
+Both segmentations are rasterised on one reference volume's grid (nearest neighbour, Slicer's segment export) -- they
+must belong to that volume (`ownership`) unless the caller asks to resample -- then
 `RCSegNeXtCore.evaluation.metrics.class_metrics` (the code behind `rcsegnext evaluate`) gives Dice, HD95 and
 volumes. Conventions come from there: both empty -> Dice "n/a"; one empty -> Dice 0 and HD95 inf.
 Segments are matched by name (case-insensitive), else by their terminology type code (e.g. SCT 86049000).
@@ -15,7 +16,7 @@ import numpy as np
 
 from RCSegNeXtCore.errors import RCSegNeXtError
 
-from RCSegNeXtLib import convert
+from RCSegNeXtLib import convert, ownership
 
 
 @dataclass
@@ -53,25 +54,6 @@ def fmt(value: float, digits: int, signed: bool = False) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def _geometry_values(segmentationNode) -> Optional[np.ndarray]:
-    import slicer
-    text = segmentationNode.GetSegmentation().GetConversionParameter(
-        slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName())
-    try:
-        values = np.array([float(v) for v in text.split(";") if v.strip()])
-    except ValueError:
-        return None
-    return values if values.size == 22 else None  # 16 matrix values + 6 extent values
-
-
-def same_geometry(a, b, tolerance: float = 1e-4) -> bool:
-    """Do two segmentation nodes have the same reference grid (IJK->RAS and extent) and transform?"""
-    ga, gb = _geometry_values(a), _geometry_values(b)
-    if ga is None or gb is None or a.GetTransformNodeID() != b.GetTransformNodeID():
-        return False
-    return bool(np.allclose(ga, gb, atol=tolerance))
-
-
 GENERIC_CODES = {"", "85756007"}  # no terminology, or Slicer's default "Tissue" that every new segment gets
 
 
@@ -100,22 +82,20 @@ def match_segments(reference, test) -> List[Tuple[str, Optional[str], Optional[s
     return pairs
 
 
-def default_reference_volume(reference, test):
-    """The volume a segmentation was made on (its reference-geometry node), reference segmentation first."""
-    import slicer
-    role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
-    return reference.GetNodeReference(role) or test.GetNodeReference(role)
+def compare_segmentations(reference, test, referenceVolumeNode=None, resample: bool = False) -> SegmentationComparison:
+    """Score `test` against `reference` segment by segment on a volume's grid.
 
-
-def compare_segmentations(reference, test, referenceVolumeNode=None) -> SegmentationComparison:
-    """Score `test` against `reference` segment by segment on `referenceVolumeNode`'s grid."""
+    The volume is `referenceVolumeNode`, else the one the reference (then the test) segmentation was made on. Both
+    segmentations must belong to it (`ownership`); `resample=True` rasterises one that does not onto its grid."""
     from RCSegNeXtCore.evaluation.metrics import class_metrics
     if reference is None or test is None:
         raise RCSegNeXtError("choose both a reference and a test segmentation")
-    volume = referenceVolumeNode or default_reference_volume(reference, test)
+    volume = referenceVolumeNode or ownership.reference_volume(reference) or ownership.reference_volume(test)
     if volume is None:
         raise RCSegNeXtError(f"neither '{reference.GetName()}' nor '{test.GetName()}' names the volume it was made "
                              "on; choose a reference volume whose grid both are compared on")
+    for node in (reference, test):
+        ownership.require_belongs(node, volume, "compute Dice", resample)
     geometry = convert.volume_to_geometry(volume)
     shape = tuple(geometry.shape)
     empty = np.zeros(shape, dtype=bool)
@@ -133,7 +113,7 @@ def compare_segmentations(reference, test, referenceVolumeNode=None) -> Segmenta
         rows.append(SegmentRow(name, m["dice"], m["hd95"], m["volume_ref_ml"], m["volume_pred_ml"],
                                m["volume_diff_ml"], message))
     note = ""
-    if not same_geometry(reference, test):
+    if not ownership.same_grid(reference, test):
         note = (f"'{reference.GetName()}' and '{test.GetName()}' have different geometry: both were rasterised on "
                 f"the grid of volume '{volume.GetName()}' (size {shape[::-1]}, spacing "
                 f"{tuple(round(s, 4) for s in geometry.spacing[::-1])} mm, x,y,z) before scoring")

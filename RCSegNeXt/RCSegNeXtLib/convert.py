@@ -6,7 +6,7 @@ the functions, so the pure-numpy geometry helpers work without them.
 """
 from __future__ import annotations
 
-from typing import Iterable, List, Mapping, Optional
+from typing import Iterable, List, Optional
 
 import numpy as np
 
@@ -93,8 +93,9 @@ def labels_to_segmentation(labels: np.ndarray, volumeNode, styles, segmentationN
 
     `styles` are `RCSegNeXtCore.inference.segments.SegmentStyle`s (name, colour, terminology, label value). Existing
     segments with the same name are replaced in place (their ID kept, so Segment Editor selections survive); other
-    segments are left alone. The node gets the volume as reference geometry, the volume's parent transform, a place
-    in the volume's study in the subject hierarchy, and is shown in the slice views.
+    segments are left alone. The node gets the volume as reference geometry and the volume's parent transform, and
+    is shown in the slice views; a node created here is also put in the volume's study (an existing node keeps its
+    name and place: callers check it belongs to the volume, see `ownership`).
     """
     import slicer
     import slicer.util
@@ -104,7 +105,8 @@ def labels_to_segmentation(labels: np.ndarray, volumeNode, styles, segmentationN
         raise RCSegNeXtError(f"label map shape {labels.shape} differs from volume '{volumeNode.GetName()}' shape "
                              f"{shape}; the prediction must be on the input grid")
     scene = volumeNode.GetScene()
-    if segmentationNode is None:
+    created = segmentationNode is None
+    if created:
         segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
                                                    name or f"{volumeNode.GetName()} segmentation")
     segmentationNode.CreateDefaultDisplayNodes()
@@ -121,7 +123,8 @@ def labels_to_segmentation(labels: np.ndarray, volumeNode, styles, segmentationN
             segment.SetTag(segment.GetTerminologyEntryTagName(), style.terminology)
         slicer.util.updateSegmentBinaryLabelmapFromArray((labels == style.label_value).astype(np.uint8),
                                                          segmentationNode, segment_id, volumeNode)
-    place_in_study(segmentationNode, volumeNode)
+    if created:
+        place_in_study(segmentationNode, volumeNode)
     display = segmentationNode.GetDisplayNode()
     display.SetVisibility(True)
     display.SetVisibility2D(True)
@@ -154,16 +157,3 @@ def segment_mask(segmentationNode, segment_id: str, referenceVolumeNode) -> np.n
     """Boolean (z, y, x) mask of one segment rasterised on `referenceVolumeNode`'s grid (nearest neighbour)."""
     import slicer.util
     return slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segment_id, referenceVolumeNode) > 0
-
-
-def segmentation_to_labels(segmentationNode, referenceVolumeNode, label_of_segment: Mapping[str, int]) -> np.ndarray:
-    """(z, y, x) uint8 label map on the reference volume's grid: segment name -> label value (later ones win)."""
-    import slicer.util
-    shape = slicer.util.arrayFromVolume(referenceVolumeNode).shape
-    labels = np.zeros(shape, dtype=np.uint8)
-    segmentation = segmentationNode.GetSegmentation()
-    for segment_name, value in label_of_segment.items():
-        segment_id = segmentation.GetSegmentIdBySegmentName(segment_name)
-        if segment_id:
-            labels[segment_mask(segmentationNode, segment_id, referenceVolumeNode)] = int(value)
-    return labels

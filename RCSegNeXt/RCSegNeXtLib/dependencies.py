@@ -4,13 +4,16 @@
   is never pip-installed by name here: that would pull a multi-GB default build that may not fit the machine.
 - numpy and SimpleITK are Slicer's own and are never replaced or upgraded.
 - anything else in `EXTRA_REQUIREMENTS` goes through `slicer.util.pip_install` (none is needed today).
+- torch is never imported into Slicer's process here: its version is read from the package metadata, and the GPU
+  is probed in a short child process (`DeviceProbe`), so no CUDA context holds GPU memory for the whole session.
 All imports are inside functions.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import re
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 MIN_TORCH = (2, 1)
 PROTECTED = ("numpy", "simpleitk", "vtk")  # Slicer's own: never install or upgrade from here
@@ -43,12 +46,22 @@ def torch_version_ok(version: str) -> bool:
     return bool(match) and (int(match.group(1)), int(match.group(2))) >= MIN_TORCH
 
 
+def installed_torch_version() -> Optional[str]:
+    """torch's version from its package metadata (None when absent), without importing it."""
+    if not is_importable("torch"):
+        return None
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def ensure_torch(ask: Optional[Callable[[str], bool]] = None) -> str:
-    """Make torch importable through PyTorchUtils; returns its version. `ask(message)` confirms a download."""
-    if is_importable("torch"):
-        import torch
-        if torch_version_ok(torch.__version__):
-            return torch.__version__
+    """Make torch importable through PyTorchUtils; returns its version. `ask(message)` confirms a download.
+    An installed, recent torch is accepted without importing it."""
+    version = installed_torch_version()
+    if version and torch_version_ok(version):
+        return version
     try:
         import PyTorchUtils
     except ImportError:
@@ -62,11 +75,12 @@ def ensure_torch(ask: Optional[Callable[[str], bool]] = None) -> str:
         if torch is None:
             raise DependencyError("PyTorch could not be installed; see the Python console, or install it from the "
                                   "PyTorch Utils module")
-    import torch
-    if not torch_version_ok(torch.__version__):
-        raise DependencyError(f"torch {torch.__version__} is too old (need >= {MIN_TORCH[0]}.{MIN_TORCH[1]}); update "
-                              "it in the PyTorch Utils module")
-    return torch.__version__
+    importlib.invalidate_caches()  # a package installed by this process must be found
+    version = installed_torch_version()
+    if not version or not torch_version_ok(version):
+        raise DependencyError(f"torch {version or '(missing)'} is too old (need >= {MIN_TORCH[0]}.{MIN_TORCH[1]}); "
+                              "update it in the PyTorch Utils module")
+    return version
 
 
 def ensure_requirements(ask: Optional[Callable[[str], bool]] = None) -> None:
@@ -79,17 +93,63 @@ def ensure_requirements(ask: Optional[Callable[[str], bool]] = None) -> None:
             slicer.util.pip_install(requirement)
 
 
-def cuda_status() -> str:
-    """'CUDA: <GPU name>, <free>/<total> GB free' when torch is already installed and sees a GPU, else ''.
+DEVICE_PROBE = """
+import json
+try:
+    import torch
+except ImportError:
+    print(json.dumps({"stage": "device", "torch": None}), flush=True)
+    raise SystemExit(0)
+info = {"stage": "device", "torch": torch.__version__, "cuda": bool(torch.cuda.is_available())}
+if info["cuda"]:
+    free, total = torch.cuda.mem_get_info()
+    info.update(name=torch.cuda.get_device_name(0), free_gb=free / 1e9, total_gb=total / 1e9)
+print(json.dumps(info), flush=True)
+"""
 
-    Never installs or imports torch when it is not there yet (so the panel opens fast)."""
-    if not is_importable("torch"):
-        return ""
-    try:
-        import torch
-        if not torch.cuda.is_available():
-            return ""
-        free, total = torch.cuda.mem_get_info()
-        return f"CUDA: {torch.cuda.get_device_name(0)}, {free / 1e9:.1f} of {total / 1e9:.1f} GB free"
-    except Exception:  # a broken driver must not break the panel
-        return ""
+
+def describe_device(info: Optional[Dict], choice: str = "auto") -> str:
+    """The panel's device line for a probe result (None: torch not installed yet) and the device choice."""
+    if not info or not info.get("torch"):
+        return "PyTorch is installed on the first Apply (a 1-3 GB download); the GPU is detected after that."
+    if info.get("cuda"):
+        gpu = (f"CUDA GPU: {info.get('name', '?')}, {info.get('free_gb', 0):.1f} of {info.get('total_gb', 0):.1f} "
+               "GB free")
+        return gpu + (" (not used: device is cpu; expect minutes)." if choice == "cpu" else ": seconds per volume.")
+    if choice.startswith("cuda"):
+        return "No CUDA GPU found: a cuda run would fail. Choose auto or cpu."
+    return "No CUDA GPU found: runs on the CPU (expect up to a few minutes per volume)."
+
+
+class DeviceProbe:
+    """Asks a short child process (Slicer's PythonSlicer) which torch and GPU it sees, without blocking:
+    `start()`, then `poll()` from a timer until it returns True; the answer is in `info` (None if it failed)."""
+
+    def __init__(self, python: Optional[str] = None):
+        self.python = python
+        self.info: Optional[Dict] = None
+        self.error = ""
+        self._runner = None
+
+    def start(self) -> "DeviceProbe":
+        from RCSegNeXtLib import runner
+        command = [self.python or runner.find_python_slicer(), "-c", DEVICE_PROBE]
+        self._runner = runner.SubprocessRunner(command).start()
+        return self
+
+    def poll(self) -> bool:
+        from RCSegNeXtLib import runner
+        if self._runner is None:
+            return True
+        for event in self._runner.poll():
+            if isinstance(event, runner.ProgressEvent) and event.stage == "device":
+                self.info = dict(event.raw)
+            elif isinstance(event, runner.FinishedEvent):
+                self.error = event.message
+                self._runner = None
+        return self._runner is None
+
+    def cancel(self) -> None:
+        if self._runner is not None:
+            self._runner.cancel()
+            self._runner = None

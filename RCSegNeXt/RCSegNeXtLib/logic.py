@@ -5,26 +5,34 @@ metrics, dataset layout) lives in the core. torch is imported only inside `segme
 
     logic = RCSegNeXtLogic()
     seg = logic.segment(volumeNode, "/path/to/model", device="auto", tta=False)
+    logic.lastWarnings                                       # why the input may be far from the training data
     logic.computeDice(referenceSegmentationNode, seg)        # {"Rectum": 0.91, "Tumor": 0.78}
     logic.saveAsTrainingCase(volumeNode, seg, "/data/Dataset001_Rectal")
+
+A segmentation is only ever paired with the volume it belongs to (`ownership`): writing a prediction into, saving a
+training case from or scoring Dice on another volume's segmentation raises `SegmentationMismatchError` and writes
+nothing, unless the caller passes `resample=True` (the panel asks the user first).
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from RCSegNeXtCore.data.io import Image, read_image
 from RCSegNeXtCore.errors import DatasetError, ModelError, RCSegNeXtError
 
-from RCSegNeXtLib import convert
+from RCSegNeXtLib import convert, ownership
 from RCSegNeXtLib.compare import SegmentationComparison, compare_segmentations
 
 ProgressCallback = Callable[[str, int, int], None]  # (stage, done, total), as the core predictor
+WARNINGS_ATTRIBUTE = "RCSegNeXt.Warnings"  # on the segmentation node: the input warnings of the run that made it
 
 
 def model_labels(modelDir: str | os.PathLike) -> Dict[str, int]:
@@ -54,28 +62,59 @@ def segment_styles_for(labels: Dict[str, int]):
 class RCSegNeXtLogic:
     """MRML <-> core for 'Segment rectal cancer'. No Qt: every method works headless (slicer-core) too."""
 
+    def __init__(self):
+        self.lastWarnings: List[str] = []  # input warnings of the last `segment` / `loadResult`
+
     # -- segmentation ------------------------------------------------------------------------------------------
     def segment(self, volumeNode, modelDir: str | os.PathLike, device: str = "auto", tta: bool = False,
                 segmentationNode=None, progress: Optional[ProgressCallback] = None, folds=None):
-        """Segment `volumeNode` in this process (blocks) and return the segmentation node with Rectum and Tumor."""
+        """Segment `volumeNode` in this process (blocks) and return the segmentation node with Rectum and Tumor.
+
+        Warnings about the input (another slice plane than the model's, far-off spacing) land in `lastWarnings`,
+        on the node (attribute `RCSegNeXt.Warnings`) and in the log (Slicer's Python console)."""
+        self.checkOutputNode(volumeNode, segmentationNode)
         from RCSegNeXtCore.inference.predictor import Predictor  # torch is imported here, not at module load
         image = convert.volume_to_image(volumeNode)
         predictor = Predictor(modelDir, folds=folds, device=device, tta=tta)
-        prediction = predictor.predict(image, progress=progress, source=volumeNode.GetName())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # reported below, once, instead
+            prediction = predictor.predict(image, progress=progress, source=volumeNode.GetName())
         return self.segmentationFromLabels(volumeNode, prediction.labels, predictor.labels, segmentationNode,
-                                           prediction_geometry=prediction.geometry)
+                                           prediction_geometry=prediction.geometry,
+                                           warningMessages=prediction.warnings)
+
+    @staticmethod
+    def checkOutputNode(volumeNode, segmentationNode) -> None:
+        """Refuse to write a prediction into a segmentation made on another volume (it would replace that patient's
+        segments and re-reference the node): only a segmentation of this volume, or a blank one, may be reused."""
+        if segmentationNode is None or ownership.is_blank(segmentationNode):
+            return
+        problem = ownership.ownership_problem(segmentationNode, volumeNode)
+        if problem:
+            raise ownership.SegmentationMismatchError(
+                f"will not write the result into '{segmentationNode.GetName()}': {problem}. Choose 'Create new "
+                "segmentation' as output (nothing was changed)")
 
     def segmentationFromLabels(self, volumeNode, labels: np.ndarray, labelValues: Dict[str, int],
-                               segmentationNode=None, prediction_geometry=None):
-        """A label map on the volume's grid -> segmentation node (names/colours/terminology from the core)."""
+                               segmentationNode=None, prediction_geometry=None, warningMessages: Sequence[str] = ()):
+        """A label map on the volume's grid -> segmentation node (names/colours/terminology from the core).
+
+        A given `segmentationNode` must belong to the volume (or be blank); a new one is named after the volume and
+        placed in its study. `warningMessages` are recorded on the node, in `lastWarnings` and in the log."""
+        self.checkOutputNode(volumeNode, segmentationNode)
         if prediction_geometry is not None:
             expected = convert.volume_to_geometry(volumeNode)
             diffs = expected.differences(prediction_geometry)
             if diffs:
                 raise RCSegNeXtError(f"prediction grid differs from volume '{volumeNode.GetName()}': "
                                      + "; ".join(diffs) + ". This is a bug: please report it with the volume.")
-        return convert.labels_to_segmentation(labels, volumeNode, segment_styles_for(labelValues), segmentationNode,
+        node = convert.labels_to_segmentation(labels, volumeNode, segment_styles_for(labelValues), segmentationNode,
                                               name=f"{volumeNode.GetName()} segmentation")
+        self.lastWarnings = list(warningMessages)
+        node.SetAttribute(WARNINGS_ATTRIBUTE, "\n".join(self.lastWarnings))
+        for message in self.lastWarnings:
+            logging.warning("RCSegNeXt: %s", message)
+        return node
 
     def writeInput(self, volumeNode, path: str | os.PathLike) -> Path:
         """Write the volume (exact geometry, original voxel type) for the subprocess runner."""
@@ -84,36 +123,43 @@ class RCSegNeXtLogic:
         return write_image(image.array, image.geometry, path)
 
     def loadResult(self, volumeNode, resultPath: str | os.PathLike, modelDir: str | os.PathLike,
-                   segmentationNode=None):
+                   segmentationNode=None, warningMessages: Sequence[str] = ()):
         """Read the subprocess's label map and turn it into the segmentation node (geometry checked)."""
         result: Image = read_image(resultPath)
         return self.segmentationFromLabels(volumeNode, result.array, model_labels(modelDir), segmentationNode,
-                                           prediction_geometry=result.geometry)
+                                           prediction_geometry=result.geometry, warningMessages=warningMessages)
 
     # -- comparison (Dice panel) -------------------------------------------------------------------------------
     def compareSegmentations(self, referenceSegmentationNode, testSegmentationNode,
-                             referenceVolumeNode=None) -> SegmentationComparison:
-        """Per-segment Dice, HD95 and volumes (ml), both rasterised on the reference volume's grid."""
-        return compare_segmentations(referenceSegmentationNode, testSegmentationNode, referenceVolumeNode)
+                             referenceVolumeNode=None, resample: bool = False) -> SegmentationComparison:
+        """Per-segment Dice, HD95 and volumes (ml) on the reference volume's grid (default: the one the reference
+        segmentation was made on). Refused when a segmentation does not belong to that volume, unless `resample`."""
+        return compare_segmentations(referenceSegmentationNode, testSegmentationNode, referenceVolumeNode, resample)
 
     def computeDice(self, referenceSegmentationNode, testSegmentationNode,
-                    referenceVolumeNode=None) -> Dict[str, float]:
+                    referenceVolumeNode=None, resample: bool = False) -> Dict[str, float]:
         """{segment name: Dice}; nan ("n/a") when the segment is empty (or missing) on both sides."""
-        table = self.compareSegmentations(referenceSegmentationNode, testSegmentationNode, referenceVolumeNode)
+        table = self.compareSegmentations(referenceSegmentationNode, testSegmentationNode, referenceVolumeNode,
+                                          resample)
         return {row.name: row.dice for row in table.rows}
 
     # -- corrections become training data ----------------------------------------------------------------------
     def saveAsTrainingCase(self, volumeNode, segmentationNode, datasetDir: str | os.PathLike,
-                           caseId: Optional[str] = None, labels: Optional[Dict[str, int]] = None) -> str:
+                           caseId: Optional[str] = None, labels: Optional[Dict[str, int]] = None,
+                           resample: bool = False) -> str:
         """Save the volume and its (corrected) segmentation as a new case of an nnU-Net-layout dataset.
 
         Writes `imagesTr/<caseId>_0000<ending>` (exact geometry, original voxel type) and `labelsTr/<caseId><ending>`
         (each dataset label's segment rasterised on the volume's grid, by name or terminology), then updates
         `dataset.json` (created with `labels`, default the model's background/rectum/tumour, when absent).
-        Returns the case ID.
+        The segmentation must belong to the volume (else SegmentationMismatchError, nothing written) unless
+        `resample=True`. Returns the case ID.
         """
         from RCSegNeXtCore.data.dataset import parse_dataset_json, write_dataset_json
         from RCSegNeXtCore.data.io import write_image
+        if volumeNode is None or segmentationNode is None:
+            raise RCSegNeXtError("choose both the volume and its segmentation to save a training case")
+        ownership.require_belongs(segmentationNode, volumeNode, "save the training case", resample)
         root = Path(datasetDir)
         if (root / "dataset.json").is_file():
             raw, ds_labels, channels, ending, problems = parse_dataset_json(root)

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import stat
+import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -24,6 +25,52 @@ from RCSegNeXtCore.hashing import file_sha256
 
 INSTALL_RECORD = "install.json"
 MAX_UNPACKED_BYTES = 8 << 30  # refuse zip bombs: a model is a few hundred MB at most
+
+NO_MODEL_HINT = ("Choose a model first: install one in the 'Models' section below (a model folder or zip), or "
+                 "choose a training run folder as 'Model folder'.")
+
+
+def model_guidance(python_slicer: str = "PythonSlicer") -> str:
+    """What the panel says while no model is installed: where a model comes from, with commands that work in an
+    Extensions-Manager install (the core ships inside the extension; there is no `rcsegnext` command there)."""
+    run = f"{python_slicer} -m RCSegNeXtCore"
+    return (
+        "No model is installed yet. A model is a folder with plans.json, dataset.json and "
+        "fold_K/checkpoint_final.pt. Three ways to get one:\n"
+        "1. A model you were given (a colleague's, or one published with its SHA-256): 'Install zip...' or "
+        "'Install folder...' below.\n"
+        "2. Train one from cases saved with 'Save as training case' (a CUDA GPU is strongly advised):\n"
+        f"   {run} check DATASET\n   {run} train DATASET -o RUN_FOLDER --fold all\n"
+        "   then 'Install folder...' with RUN_FOLDER.\n"
+        "3. The official RCSegNeXt weights were announced but not published; once they are:\n"
+        f"   {run} import-official CHECKPOINT --plans PLANS_JSON -o MODEL_FOLDER, then install MODEL_FOLDER.")
+
+
+def default_models_root(settings_dir: str | os.PathLike, platform: str = sys.platform,
+                        environ: Optional[Dict[str, str]] = None) -> Path:
+    """Where installed models live: beside Slicer's settings, except on Windows, where those settings sit in the
+    roaming profile (copied at every logon and capped by hospital quotas): there, %LOCALAPPDATA%."""
+    environ = os.environ if environ is None else environ
+    if platform.startswith("win") and environ.get("LOCALAPPDATA"):
+        return Path(environ["LOCALAPPDATA"]) / "RCSegNeXt" / "models"
+    return Path(settings_dir) / "RCSegNeXt" / "models"
+
+
+def move_legacy_models(legacy_root: str | os.PathLike, models_root: str | os.PathLike) -> List[str]:
+    """Move models installed under an earlier models root into the current one (names already there are left
+    alone); returns the names moved. Used once on Windows, where the root left the roaming profile."""
+    legacy, root = Path(legacy_root), Path(models_root)
+    if legacy.resolve() == root.resolve() or not legacy.is_dir():
+        return []
+    moved = []
+    for model in list_models(legacy):
+        target = root / model.name
+        if target.exists():
+            continue
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(model.path), str(target))
+        moved.append(model.name)
+    return moved
 
 
 @dataclass

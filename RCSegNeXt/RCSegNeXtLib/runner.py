@@ -269,7 +269,9 @@ class SubprocessRunner:
         self.cancelled = True
         pid = self.process.pid
         if os.name == "nt":
-            subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True)
+            # no console window flashes up: taskkill is a console program started from a GUI process
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True,
+                           creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
             self.process.wait(timeout=30)
             return
         tree = _descendants(pid)  # also those that left the process group (e.g. their own setsid)
