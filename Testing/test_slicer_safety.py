@@ -3,23 +3,21 @@ reach the panel, no torch in Slicer's process, a guided first run, and a run con
 Real MRML (slicer-core, headless) and real subprocess runs of `python -m RCSegNeXtCore.predict`."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 
 import numpy as np
 import pytest
 
-from slicer_headless import headless_scene, load_volume, module_on_path, put_in_study
+from slicer_headless import headless_scene, module_on_path, put_in_study
 
 slicer = pytest.importorskip("slicer")
 import slicer.util as su  # noqa: E402
 
-from RCSegNeXtCore.data.io import read_image, write_image  # noqa: E402
-from test_slicer_logic import make_seg, mask, phantom_file, tiny_model  # noqa: E402,F401 (fixtures)
+from RCSegNeXtCore.data.io import read_image  # noqa: E402
+from test_slicer_logic import mask, tiny_model  # noqa: E402,F401 (tiny_model: a fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*far from the training data:UserWarning")
 
@@ -197,12 +195,14 @@ def test_subprocess_run_reports_warnings_progress_and_log_lines(scene, logic, sa
     axial = volume("axial series 2", shape=(16, 32, 32), spacing=(1.0, 1.0, 4.0))
     lines, statuses = [], []
     controller = RunController(logic, python=sys.executable, log=lines.append)
+    take = controller._take
+
+    def take_and_record(event):  # the status after every event, however the polls fall
+        take(event)
+        statuses.append(controller.report.status)
+    controller._take = take_and_record
     controller.start(axial, sagittal_model, device="cpu")
-    deadline = time.monotonic() + 120
-    while controller.running and time.monotonic() < deadline:
-        statuses.append(controller.poll().status)
-        time.sleep(0.02)
-    report = controller.report
+    report = controller.wait(timeout=120)
     assert report.state == DONE, report.message
     assert any("trained on sagittal" in w for w in report.warnings)
     assert report.status.startswith("Done with 1 warning(s)")

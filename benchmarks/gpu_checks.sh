@@ -21,7 +21,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 $PY -c "import torch, SimpleITK as s; print('torch', torch.__version__, torch.cuda.get_device_name(0), 'SimpleITK', s.Version_VersionString())"
 
 step network 120 $PY benchmarks/network.py --device cuda --repeats 5 --warmup 2
-step inference 200 $PY benchmarks/inference.py --device cuda --base-channels 32 --also-tiles
+step inference 200 $PY benchmarks/inference.py --device cuda --base-channels 32
 step training 120 $PY benchmarks/training.py --device cuda --batch-size 2 --patch 16 320 320 --base-channels 32 \
   --iterations 20 --warmup 3
 if [ "${1:-}" = "--with-real-case" ]; then
