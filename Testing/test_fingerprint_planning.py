@@ -128,7 +128,8 @@ def test_plan_command_from_values_and_errors(tmp_path, capsys):
                  "--base-channels", "8", "--iso-block", "conv"]) == 0
     plans = Plans.load(out)
     assert plans.patch_size == [16, 320, 320] and plans.architecture.iso_block == "conv"
-    assert plans == make_plans_from_values(PAPER_SPACING, [16, 320, 320], base_channels=8, iso_block="conv")
+    assert plans == make_plans_from_values(PAPER_SPACING, [16, 320, 320], base_channels=8, iso_block="conv",
+                                           slice_orientation="sagittal")   # without a dataset: this product's plane
     assert main(["plan", "-o", str(out)]) == 2
     assert "--spacing Z Y X" in capsys.readouterr().err
     assert main(["plan", "--spacing", "4.0", "0.875", "0.875", "--patch", "16", "300", "320", "-o", str(out)]) == 2

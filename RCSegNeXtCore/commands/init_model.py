@@ -14,6 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folds", nargs="+", default=["0"],
                         help="folds to create: numbers and/or all (fold_all); default 0")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--slice-plane", choices=("sagittal", "coronal", "axial", "none"), default=None,
+                        help="record this training plane in the model folder (predict warns about a series in "
+                             "another plane and picks it in a study folder); default: the plan's; none: no plane")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing model folder's files")
 
 
@@ -32,7 +35,13 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, json.JSONDecodeError) as exc:
             raise DatasetError(f"{args.dataset_json}: cannot be read as JSON ({exc})") from None
     folds = [parse_fold(f) for f in args.folds]
-    out = init_model_folder(Plans.load(args.plans), args.output, dataset_json, folds=folds, seed=args.seed,
+    plans = Plans.load(args.plans)
+    if args.slice_plane is not None:
+        plans.slice_orientation = None if args.slice_plane == "none" else args.slice_plane
+        if dataset_json is not None:  # plans.json is then the one place that says it (predict reads both)
+            dataset_json.pop("slice_orientation", None)
+    out = init_model_folder(plans, args.output, dataset_json, folds=folds, seed=args.seed,
                             base_channels=args.base_channels, overwrite=args.overwrite)
-    print(f"model folder with random weights: {out} (folds {', '.join(map(str, folds))})")
+    print(f"model folder with random weights: {out} (folds {', '.join(map(str, folds))}; "
+          f"slice plane {plans.slice_orientation or 'none'})")
     return 0

@@ -22,6 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="training batch size (default 2)")
     parser.add_argument("--fingerprint", help="also write the dataset fingerprint (JSON) to this file")
     parser.add_argument("--workers", type=int, default=1, help="processes reading cases (default 1)")
+    parser.add_argument("--slice-plane", choices=("sagittal", "coronal", "axial", "none"), default=None,
+                        help="plane of the training series, recorded so that predict warns about a series in another "
+                             "plane and picks the right series of a study folder (default: the dataset's; without "
+                             "a dataset sagittal, this product's plane; none: record no plane)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,12 +52,16 @@ def run(args: argparse.Namespace) -> int:
                             "without one, e.g. `rcsegnext plan --spacing 4.0 0.875 0.875 --patch 16 320 320`")
         plans = make_plans_from_values(args.spacing, args.patch or (16, 320, 320), **overrides)
         source = "explicit values"
+    plane = args.slice_plane or (None if args.dataset else "sagittal")  # None: keep the fingerprint's plane
+    if plane is not None:
+        plans.slice_orientation = None if plane == "none" else plane
     path = plans.save(args.output)
     print(f"plans from {source} -> {path}")
     print(f"  target spacing (z,y,x) {plans.target_spacing}   patch {plans.patch_size}   batch {plans.batch_size}")
     print(f"  kernels {plans.kernels}")
     print(f"  strides {plans.strides}")
     print(f"  labels {plans.labels}   channels {plans.channel_names}   normalisation {plans.normalization}")
+    print(f"  slice plane {plans.slice_orientation or 'none recorded (inputs in another plane are not warned about)'}")
     if plans.median_shape:
         print(f"  median shape after crop and resampling {plans.median_shape}")
     return 0

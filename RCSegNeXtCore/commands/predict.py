@@ -1,4 +1,4 @@
-"""`rcsegnext predict`: segment a file, a DICOM series folder or a folder of cases with a model folder."""
+"""`rcsegnext predict`: segment a file, a DICOM series or study folder, or a folder of cases with a model folder."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,9 @@ HELP = "segment a volume, a DICOM series folder or a folder of cases (label map 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-i", "--input", required=True,
-                        help="image file, DICOM series folder, or folder of cases (files or DICOM sub-folders)")
+                        help="image file, DICOM series folder, folder of cases (files or DICOM sub-folders), or a "
+                             "study folder (sub-folders = DICOM series of one study: the series in the model's "
+                             "slice plane are segmented, the others listed)")
     parser.add_argument("-o", "--output", required=True,
                         help="output file (one case: .nii.gz, .nrrd or .seg.nrrd) or folder (a folder of cases)")
     parser.add_argument("-m", "--model", required=True, help="model folder (plans.json, dataset.json, fold_K/)")
@@ -38,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resize-to", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
                         help="first resample each input to this voxel grid over the same extent (external sets)")
     parser.add_argument("--overwrite", action="store_true", help="redo cases whose output already exists")
+    parser.add_argument("--series", default=None, metavar="NAME",
+                        help="in a study folder, segment this series (sub-folder name, SeriesDescription or "
+                             "SeriesInstanceUID, any case) instead of those in the model's slice plane")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,10 +54,11 @@ def run(args: argparse.Namespace) -> int:
                           whole_volume_max_voxels=None if args.whole_volume else 0, resize_to=args.resize_to)
     result = run_prediction(predictor, args.input, args.output, fmt=args.format,
                             save_probabilities=args.save_probabilities, progress_json=args.progress_json,
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite, series=args.series)
     if not args.progress_json:
+        not_chosen = f", series not segmented {len(result.skipped_series)}" if result.skipped_series else ""
         print(f"written {len(result.written)}, skipped (already there) {len(result.skipped)}, "
-              f"failed {len(result.failed)}")
+              f"failed {len(result.failed)}{not_chosen}")
     for failure in result.failed:
         print(f"FAILED {failure['case']}: {failure['message']}", file=sys.stderr)
     return 1 if result.failed else 0

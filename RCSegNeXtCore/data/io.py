@@ -129,22 +129,6 @@ def array_to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
     return geometry.apply_to(sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=False))
 
 
-def _read_dicom_series(folder: Path) -> sitk.Image:
-    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or []
-    if not series_ids:
-        raise ImageReadError(f"{folder}: folder holds no image file and no DICOM series")
-    if len(series_ids) > 1:
-        raise ImageReadError(f"{folder}: folder holds {len(series_ids)} DICOM series ({', '.join(series_ids)}); "
-                             "put each series in its own folder")
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0])
-    if len(files) < 2:
-        raise ImageReadError(f"{folder}: DICOM series has {len(files)} slice; a 3D series needs several")
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    reader.MetaDataDictionaryArrayUpdateOn()
-    return reader.Execute()
-
-
 def _itk_reason(exc: Exception) -> str:
     """The informative part of an ITK exception (drops source paths, object addresses and errno noise)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -223,13 +207,17 @@ def _restore_non_finite(image: sitk.Image, bad: np.ndarray, values: np.ndarray) 
 
 
 def read_sitk(path: str | os.PathLike) -> sitk.Image:
-    """Read a file (NIfTI, NRRD, MHA, ...) or a DICOM series folder as a 3D scalar SimpleITK image."""
+    """Read a file (NIfTI, NRRD, MHA, ...) or a DICOM series folder as a 3D scalar SimpleITK image.
+
+    A DICOM folder is checked file by file first (`data/dicom.py`): an unreadable slice, non-parallel slices or
+    uneven gaps raise `ImageReadError`; other files beside the series are ignored with a `DicomNote` warning."""
     path = Path(path)
     if not path.exists():
         raise ImageReadError(f"{path}: no such file or folder")
     non_finite = None
     if path.is_dir():
-        image = _read_dicom_series(path)
+        from RCSegNeXtCore.data.dicom import read_series  # imports this module: no cycle at load
+        image = read_series(path)  # every file checked: no silently dropped slice, no multi-plane stack
     else:
         if path.stat().st_size == 0:
             raise ImageReadError(f"{path}: file is empty (0 bytes)")

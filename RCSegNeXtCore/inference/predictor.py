@@ -46,6 +46,11 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def model_plane(model: ModelFolder) -> Optional[str]:
+    """The slice plane the model was trained on ('sagittal' | 'coronal' | 'axial'), None when it records none."""
+    return model.raw_plans.get("slice_orientation") or model.dataset_json.get("slice_orientation") or None
+
+
 def input_warnings(geometry: Geometry, model: ModelFolder, source: str = "input") -> List[str]:
     """Why an input may be far from the training data: spacing per axis off by > 2x, another slice plane."""
     found = []
@@ -55,10 +60,11 @@ def input_warnings(geometry: Geometry, model: ModelFolder, source: str = "input"
         found.append(f"{source}: spacing (z,y,x) {tuple(round(s, 4) for s in geometry.spacing)} is far from the "
                      f"training data's {tuple(round(float(s), 4) for s in reference)}; check the series (results "
                      "may be poor)")
-    expected = model.raw_plans.get("slice_orientation") or model.dataset_json.get("slice_orientation")
+    expected = model_plane(model)
     found_plane = geometry.slice_orientation()
     if expected and found_plane and found_plane != expected:
-        found.append(f"{source}: a {found_plane} series given to a model trained on {expected} series; "
+        article = "an" if found_plane[0] in "aeiou" else "a"
+        found.append(f"{source}: {article} {found_plane} series given to a model trained on {expected} series; "
                      f"use the {expected} acquisition (results may be poor)")
     elif found_plane and np.argmax(geometry.spacing) != np.argmax(reference) and max(reference) / min(reference) > 1.5:
         found.append(f"{source}: its thick axis (z,y,x index {int(np.argmax(geometry.spacing))}) differs from the "
@@ -133,6 +139,11 @@ class Predictor:
                                  f"{self.plans.architecture.in_channels} ({', '.join(self.plans.channel_names.values())})")
         if not np.isfinite(array).all():
             raise ImageReadError(f"{source}: holds NaN or infinite voxel values; fix or re-export the image")
+        for channel, values in enumerate(array):
+            if values.size and values.min() == values.max():  # z-scoring would divide by 0; any output is noise
+                which = f"channel {channel}: " if len(array) > 1 else ""
+                raise ImageReadError(f"{source}: {which}constant image (every voxel = {float(values.flat[0]):g}): "
+                                     "nothing to segment; check the series/export")
         original = image.geometry
         found = input_warnings(original, self.model, source)
         for message in found:

@@ -9,10 +9,15 @@ atomically, keeps going after a bad case and reports every failure at the end (t
   {"stage": "export", "case": ID, "done": I, "total": N, "output": PATH, "warnings": [TEXT, ...]}
   {"stage": "error", "case": ID, "done": I, "total": N, "message": TEXT}
   {"stage": "done", "case": null, "done": N, "total": N, "written": [ID...], "skipped": [ID...],
-   "failed": [{"case": ID, "message": TEXT}, ...]}
+   "failed": [{"case": ID, "message": TEXT}, ...], "skipped_series": [{"series": NAME, "reason": TEXT}, ...]}
 `done` counts the cases finished (written, skipped or failed) before this line; `total` is the number of cases;
 `tiles_*` count forward passes (tiles x mirrors x folds) of the current case. Skipped cases emit only an "export"
 line with "skipped": true.
+
+A study folder (sub-folders = DICOM series of one study, `inference/study.py`) is listed first (on stdout; on
+stderr with --progress-json, so stdout stays JSON) and only the series in the model's slice plane (or the ones named
+by `series`) are cases; the others are in "skipped_series" (empty for other inputs) and are no failure. When no
+series is chosen, the study folder's name is a failed case (exit 1) with the reason.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from typing import Dict, List, Optional, Sequence, TextIO
 
 import numpy as np
 
+from RCSegNeXtCore.data.dicom import DicomNote
 from RCSegNeXtCore.data.io import IMAGE_EXTENSIONS, Image, read_image, split_extension
 from RCSegNeXtCore.errors import ImageReadError, RCSegNeXtError
 from RCSegNeXtCore.inference.export import OUTPUT_FORMATS, write_prediction, write_probabilities
@@ -46,6 +52,7 @@ class RunResult:
     written: List[str] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)
     failed: List[Dict[str, str]] = field(default_factory=list)
+    skipped_series: List[Dict[str, str]] = field(default_factory=list)  # study folders: not segmented, and why
 
 
 def _is_image_file(path: Path) -> bool:
@@ -83,6 +90,23 @@ def find_cases(input_path: str | os.PathLike, num_channels: int = 1) -> tuple[Li
     return [CaseInput(case, sorted(paths)) for case, paths in groups.items()], True
 
 
+def study_cases(path: Path, plane: Optional[str], series: Optional[str], log: TextIO
+                ) -> Optional[tuple[List[CaseInput], List[Dict[str, str]], Optional[str]]]:
+    """For a study folder: (cases, skipped series, problem) after printing its listing to `log`; None for any other
+    input. `plane`: the model's slice plane; `series`: the --series name."""
+    from RCSegNeXtCore.inference.study import find_study, format_listing, list_study, select_series
+    folders = find_study(path)
+    if folders is None:
+        return None
+    listed = list_study(folders)
+    selected, skipped, notes, problem = select_series(listed, plane, series)
+    print(format_listing(path, listed, selected, skipped), file=log)
+    for note in notes:
+        print(f"note: {note}", file=log)
+    log.flush()
+    return [CaseInput(s.name, [s.folder]) for s in selected], skipped, problem
+
+
 def read_case_image(case: CaseInput) -> Image:
     """One case as an Image: (z, y, x) for one channel, (C, z, y, x) for several on the same grid."""
     images = [read_image(p, np.float32) for p in case.paths]
@@ -118,9 +142,22 @@ def _probability_path(output: Path, folder_mode: bool) -> Path:
 
 def run_prediction(predictor, input_path: str | os.PathLike, output: str | os.PathLike, fmt: Optional[str] = None,
                    save_probabilities: bool = False, progress_json: bool = False, overwrite: bool = False,
-                   stream: Optional[TextIO] = None) -> RunResult:
-    """Predict every case under `input_path`; writes files under `output` (a file for one case, else a folder)."""
-    cases, folder_mode = find_cases(input_path, predictor.plans.architecture.in_channels)
+                   stream: Optional[TextIO] = None, series: Optional[str] = None) -> RunResult:
+    """Predict every case under `input_path`; writes files under `output` (a file for one case, else a folder).
+    A study folder's series are chosen by the model's slice plane or by `series` (see the module docstring)."""
+    from RCSegNeXtCore.inference.predictor import model_plane
+    model = getattr(predictor, "model", None)
+    study = study_cases(Path(input_path), model_plane(model) if model is not None else None, series,
+                        sys.stderr if progress_json else sys.stdout)
+    if study is not None:
+        cases, skipped_series, problem = study
+        folder_mode = True
+    elif series is not None:
+        raise RCSegNeXtError(f"--series {series}: {input_path} is not a study folder (sub-folders that are DICOM "
+                             "series of one study); give the series folder itself as the input")
+    else:
+        cases, folder_mode = find_cases(input_path, predictor.plans.architecture.in_channels)
+        skipped_series, problem = [], None
     as_folder = str(output).endswith(("/", os.sep))
     output = Path(output)
     if fmt is not None and fmt not in OUTPUT_FORMATS:
@@ -138,8 +175,12 @@ def run_prediction(predictor, input_path: str | os.PathLike, output: str | os.Pa
                                  ".seg.nrrd, or an existing folder")
         targets = [output]
     events = JsonProgress(stream, progress_json)
-    result = RunResult()
+    result = RunResult(skipped_series=skipped_series)
     total = len(cases)
+    if problem:
+        name = Path(input_path).name
+        events.emit("error", name, 0, total, message=problem)
+        result.failed.append({"case": name, "message": problem})
     bar = ProgressBar(total, "predict", enabled=folder_mode and not progress_json, unit="case")
     with bar:
         for case, target in zip(cases, targets):
@@ -151,7 +192,11 @@ def run_prediction(predictor, input_path: str | os.PathLike, output: str | os.Pa
                 continue
             try:
                 events.emit("preprocess", case.case_id, done, total)
-                image = read_case_image(case)
+                with warnings.catch_warnings(record=True) as notes:
+                    warnings.simplefilter("always", DicomNote)
+                    image = read_case_image(case)
+                for note in notes:
+                    print(f"note: {note.message}", file=sys.stderr)
 
                 passes = {}  # single case on a terminal: a bar over the forward passes
 
@@ -185,5 +230,6 @@ def run_prediction(predictor, input_path: str | os.PathLike, output: str | os.Pa
                     raise
                 result.failed.append({"case": case.case_id, "message": message})
             bar.update(1)
-    events.emit("done", None, total, total, written=result.written, skipped=result.skipped, failed=result.failed)
+    events.emit("done", None, total, total, written=result.written, skipped=result.skipped, failed=result.failed,
+                skipped_series=result.skipped_series)
     return result
