@@ -17,7 +17,8 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from RCSegNeXtCore.errors import ModelError
+from RCSegNeXtCore.errors import ModelError, first_line
+from RCSegNeXtCore.files import atomic_open
 
 CHECKPOINT_FORMAT = "rcsegnext-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -31,16 +32,8 @@ def save_checkpoint(path: str | os.PathLike, network_state: Dict[str, torch.Tens
     payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION,
                "network_signature": network_signature,
                "network": {k: v.detach().cpu() for k, v in network_state.items()}, **extra}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_open(path, fsync=True) as handle:
+        torch.save(payload, handle)
     return path
 
 
@@ -54,10 +47,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except (zipfile.BadZipFile, EOFError, RuntimeError) as exc:
-        raise ModelError(f"{path}: checkpoint is corrupt or truncated ({_first_line(exc)})") from None
+        raise ModelError(f"{path}: checkpoint is corrupt or truncated ({first_line(exc)})") from None
     except Exception as exc:  # pickle.UnpicklingError for anything not allowed under weights_only
         raise ModelError(f"{path}: refused to load: the file holds objects other than plain tensors and "
-                         f"primitives, which could run code when unpickled ({_first_line(exc)}). "
+                         f"primitives, which could run code when unpickled ({first_line(exc)}). "
                          "Only checkpoints written by RCSegNeXt (or plain state_dicts) are accepted.") from None
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise ModelError(f"{path}: not an RCSegNeXt checkpoint (no '{CHECKPOINT_FORMAT}' header); "
@@ -89,11 +82,6 @@ def _diff(found: Any, expected: Any, prefix: str = "") -> list[str]:
     return []
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def load_network_weights(network: torch.nn.Module, checkpoint: Dict[str, Any],
                          expected_signature: Optional[Dict[str, Any]] = None, source: str = "checkpoint") -> None:
     """Check the signature, then `load_state_dict(strict=True)` with a readable error."""
@@ -102,4 +90,4 @@ def load_network_weights(network: torch.nn.Module, checkpoint: Dict[str, Any],
     try:
         network.load_state_dict(checkpoint["network"], strict=True)
     except RuntimeError as exc:
-        raise ModelError(f"{source}: weights do not fit the network: {_first_line(exc)}") from None
+        raise ModelError(f"{source}: weights do not fit the network: {first_line(exc)}") from None

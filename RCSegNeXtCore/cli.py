@@ -30,24 +30,13 @@ COMMANDS = {
 }
 
 
-def _load(module_name: str):
-    try:
-        return importlib.import_module(f"RCSegNeXtCore.commands.{module_name}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"RCSegNeXtCore.commands.{module_name}":
-            return None  # command not built yet
-        raise
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rcsegnext", description="RCSegNeXt: rectum and rectal tumour "
                                      "segmentation in sagittal T2 MRI (plan, preprocess, train, predict, evaluate).")
     parser.add_argument("--version", action="version", version=f"rcsegnext {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
-        module = _load(module_name)
-        if module is None:
-            continue
+        module = importlib.import_module(f"RCSegNeXtCore.commands.{module_name}")
         command_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(command_parser)
         command_parser.set_defaults(_run=module.run)

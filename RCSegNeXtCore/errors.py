@@ -1,4 +1,5 @@
 """User-facing errors. The CLI prints their message (no traceback) and exits with status 2."""
+import re
 
 
 class RCSegNeXtError(Exception):
@@ -19,3 +20,9 @@ class PlanError(RCSegNeXtError):
 
 class ModelError(RCSegNeXtError):
     """A model folder or checkpoint is missing, corrupt or does not fit its plans."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (torch's run over many lines), or its type name when it is empty."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # without terminal colour codes
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -12,9 +12,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from RCSegNeXtCore.errors import PlanError
+from RCSegNeXtCore.files import atomic_write_json
 
 PLANS_FORMAT_VERSION = 1
-DEFAULT_LABELS = {"background": 0, "rectum": 1, "tumour": 2}
+# the model's classes and its one input channel, unless a dataset.json says otherwise
+DEFAULT_LABELS: Dict[str, int] = {"background": 0, "rectum": 1, "tumour": 2}
+DEFAULT_CHANNELS: Dict[str, str] = {"0": "T2"}
 
 
 @dataclass
@@ -40,7 +43,7 @@ class Plans:
     architecture: Architecture = field(default_factory=Architecture)
     batch_size: int = 2
     labels: Dict[str, int] = field(default_factory=lambda: dict(DEFAULT_LABELS))
-    channel_names: Dict[str, str] = field(default_factory=lambda: {"0": "T2"})
+    channel_names: Dict[str, str] = field(default_factory=lambda: dict(DEFAULT_CHANNELS))
     normalization: List[str] = field(default_factory=lambda: ["zscore"])  # one scheme per channel
     crop_to_nonzero: bool = True
     # resampling: images cubic (order 3) in-plane; along an axis whose spacing is > anisotropy_threshold x the
@@ -142,12 +145,7 @@ class Plans:
                             f"{self.architecture.in_channels}")
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.part")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return atomic_write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Plans":

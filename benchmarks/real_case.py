@@ -1,4 +1,5 @@
-"""Round trip on the single real rectal case (../shared/data/real/rectal_filitto/): train on it and predict it,
+"""Round trip on the single real rectal case (`rectal_filitto/` in the real-data folder, $RCSEGNEXT_REAL_DATA,
+default ../shared/data/real, not part of the repository): train on it and predict it,
 tumour as the only foreground, then report the tumour Dice back on the ORIGINAL grid (target >= 0.8) — proof that
 real geometry (oblique axial, 0.43 x 0.43 x 3 mm) survives plan -> preprocess -> train -> predict -> restore.
 

@@ -22,7 +22,8 @@ from RCSegNeXtCore.data.planning import make_plans_from_values  # noqa: E402
 from RCSegNeXtCore.training.augment import AugmentConfig, Augmenter, context_size  # noqa: E402
 from RCSegNeXtCore.training.loss import DiceCELoss  # noqa: E402
 from RCSegNeXtCore.training.sampler import PatchSampler, TrainingCase, class_locations_from  # noqa: E402
-from RCSegNeXtCore.training.trainer import amp_dtype, resolve_device  # noqa: E402
+from RCSegNeXtCore.devices import resolve_device  # noqa: E402
+from RCSegNeXtCore.training.trainer import amp_dtype  # noqa: E402
 
 
 def synthetic_case(shape, seed=0) -> TrainingCase:
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(resolve_device(args.device))
+    device = resolve_device(args.device, allow_mps=True)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     plans = make_plans_from_values([4.0, 0.875, 0.875], args.patch, base_channels=args.base_channels,

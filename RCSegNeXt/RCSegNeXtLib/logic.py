@@ -215,11 +215,12 @@ class RCSegNeXtLogic:
     def _newCaseId(root: Path, ending: str, wanted: Optional[str], volume_name: str) -> str:
         """The case ID: an explicit one must be a safe file name and unused (never overwritten); otherwise the
         volume's name made file-safe, with _001, _002, ... appended when taken."""
+        from RCSegNeXtCore.data.dataset import CHANNEL_STEM
         def taken(case_id: str) -> bool:
             return (root / "labelsTr" / f"{case_id}{ending}").exists() or \
                 (root / "imagesTr" / f"{case_id}_0000{ending}").exists()
         if wanted:
-            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", wanted) or re.search(r"_\d{4}$", wanted):
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", wanted) or CHANNEL_STEM.match(wanted):
                 raise DatasetError(f"case ID '{wanted}': use letters, digits, '_' and '-' only, not ending in "
                                    "_NNNN (that suffix names the channel)")
             if taken(wanted):
@@ -227,7 +228,9 @@ class RCSegNeXtLogic:
                                    "cases are never overwritten)")
             return wanted
         base = re.sub(r"[^A-Za-z0-9_-]+", "_", volume_name).strip("_-") or "case"
-        base = re.sub(r"_(\d{4})$", r"-\1", base)
+        channel = CHANNEL_STEM.match(base)
+        if channel:  # a name ending _NNNN would read as a channel suffix
+            base = f"{channel['case']}-{channel['channel']}"
         if not taken(base):
             return base
         for n in range(1, 10000):

@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional
 
 from RCSegNeXtCore.errors import ModelError
+from RCSegNeXtCore.files import atomic_write_json
 from RCSegNeXtCore.hashing import file_sha256
 
 INSTALL_RECORD = "install.json"
@@ -173,7 +174,7 @@ def install_model(source: str | os.PathLike, models_root: str | os.PathLike, nam
                   "installed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   "folds": model_folds(model_dir), "software_version": _version(),
                   "dataset_name": json.loads((model_dir / "plans.json").read_text(encoding="utf-8")).get("dataset_name", "")}
-        (model_dir / INSTALL_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        atomic_write_json(model_dir / INSTALL_RECORD, record)
         if target.exists():
             shutil.rmtree(target)
         os.replace(model_dir, target)

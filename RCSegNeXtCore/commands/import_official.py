@@ -35,11 +35,11 @@ def _numpy_scalar_globals() -> list:
 def _reason(exc: BaseException) -> str:
     """The useful line of torch's weights_only refusal (e.g. 'Unsupported global: GLOBAL builtins.exec')."""
     import re
+
+    from RCSegNeXtCore.errors import first_line
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
     match = re.search(r"(Unsupported global: [^\n]+|Unsupported operand[^\n]*|Trying to [^\n]+)", text)
-    if match:
-        return match.group(1).strip()
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return match.group(1).strip() if match else first_line(exc)
 
 
 def read_official_state_dict(path) -> dict:
@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from RCSegNeXtCore.checkpoint import save_checkpoint
-    from RCSegNeXtCore.errors import ModelError
+    from RCSegNeXtCore.errors import ModelError, first_line
+    from RCSegNeXtCore.files import atomic_write_json
     from RCSegNeXtCore.inference.model_folder import default_dataset_json
     from RCSegNeXtCore.network.official import convert_official_state_dict, official_architecture
     from RCSegNeXtCore.plans import Plans
@@ -103,8 +104,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         network.load_state_dict(converted, strict=True)
     except RuntimeError as exc:
-        raise ModelError(f"{args.checkpoint}: weights do not fit the plan's network: {str(exc).splitlines()[0]}") \
-            from None
+        raise ModelError(f"{args.checkpoint}: weights do not fit the plan's network: {first_line(exc)}") from None
     out = Path(args.output)
     target = out / f"fold_{args.fold}" / "checkpoint_final.pt"
     if target.exists() and not args.overwrite:
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
                          "they must agree")
     out.mkdir(parents=True, exist_ok=True)
     plans.save(out / "plans.json")
-    (out / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(out / "dataset.json", dataset_json)
     save_checkpoint(target, network.state_dict(), plans.network_signature(),
                     imported_from=str(Path(args.checkpoint).name))
     print(f"imported {args.checkpoint} -> {target}")

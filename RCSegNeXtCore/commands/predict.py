@@ -8,6 +8,7 @@ HELP = "segment a volume, a DICOM series folder or a folder of cases (label map 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from RCSegNeXtCore.inference.export import OUTPUT_FORMATS  # light: the writers import numpy/SimpleITK
     parser.add_argument("-i", "--input", required=True,
                         help="image file, DICOM series folder, folder of cases (files or DICOM sub-folders), or a "
                              "study folder (sub-folders = DICOM series of one study: the series in the model's "
@@ -20,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: every numbered fold present, fold_all only when there is none")
     parser.add_argument("--checkpoint", choices=("final", "best"), default="final")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for the network (default: torch's choice, usually every core)")
     parser.add_argument("--tta", action="store_true", help="mirroring test-time augmentation over the plan's axes")
     parser.add_argument("--tile-overlap", type=float, default=None,
                         help="minimum overlap of neighbouring tiles, fraction of the patch, taken as given (default: "
@@ -30,9 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one pass over the whole volume when it fits in memory instead of tiles at the plan's "
                              "patch size: faster, but NOT equivalent for networks with instance normalisation "
                              "(RCSegNeXt): their statistics then cover another extent than in training")
-    parser.add_argument("--no-whole-volume", action="store_true", help=argparse.SUPPRESS)  # old name; tiling is default
-    parser.add_argument("--format", choices=("nii.gz", "nrrd", "seg.nrrd"), default=None,
-                        help="output format (default: from the output name; nii.gz for folders)")
+    parser.add_argument("--format", choices=tuple(OUTPUT_FORMATS), default=None,
+                        help="output format (default: from the output name; nii.gz for folders): "
+                             + "; ".join(f"{f.suffix} {f.description}" for f in OUTPUT_FORMATS.values()))
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write the softmax probabilities (K-component NRRD)")
     parser.add_argument("--progress-json", action="store_true",
@@ -46,9 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from RCSegNeXtCore.devices import set_cpu_threads
     from RCSegNeXtCore.inference.predictor import Predictor
     from RCSegNeXtCore.inference.runner import run_prediction
 
+    if args.threads is not None:
+        set_cpu_threads(args.threads)
     predictor = Predictor(args.model, folds=args.folds, checkpoint=args.checkpoint, device=args.device, tta=args.tta,
                           tile_overlap=args.tile_overlap, batch_tiles=args.batch_tiles,
                           whole_volume_max_voxels=None if args.whole_volume else 0, resize_to=args.resize_to)

@@ -62,17 +62,13 @@ def config_from_args(args: argparse.Namespace, device: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from RCSegNeXtCore.devices import resolve_device
     from RCSegNeXtCore.errors import RCSegNeXtError
     from RCSegNeXtCore.training.distributed import barrier, init_distributed
     from RCSegNeXtCore.training.memory import check_fits
     from RCSegNeXtCore.training.pipeline import prepare_run, run_training
-    from RCSegNeXtCore.training.trainer import resolve_device
 
-    device = resolve_device(args.device)
-    if device.startswith("cuda"):
-        import torch
-        if not torch.cuda.is_available():
-            raise RCSegNeXtError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu")
+    device = str(resolve_device(args.device, allow_mps=True))
     if args.gpus < 1:
         raise RCSegNeXtError(f"--gpus must be >= 1, got {args.gpus}")
     def check_memory(plans) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from RCSegNeXtCore.errors import DatasetError, PlanError
+from RCSegNeXtCore.files import atomic_open, atomic_write_json
 from RCSegNeXtCore.plans import Plans
 from RCSegNeXtCore.progress import ProgressBar
 
@@ -61,20 +61,8 @@ def preprocessing_signature(plans: Plans) -> Dict[str, Any]:
 
 
 def _save_npy(array: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
-    try:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _save_json(data: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_open(path) as handle:
+        np.save(handle, array)
 
 
 def case_files(out_dir: Path, case_id: str) -> Tuple[Path, Path, Path]:
@@ -91,7 +79,7 @@ def write_preprocessed_case(out_dir: Path, case_id: str, data: np.ndarray, label
         _save_npy(np.ascontiguousarray(label, dtype=np.int8), seg_path)
     elif seg_path.exists():
         seg_path.unlink()
-    _save_json({**properties, "case_id": case_id}, json_path)  # last: marks the case as done
+    atomic_write_json(json_path, {**properties, "case_id": case_id}, indent=None)  # last: marks the case as done
 
 
 def source_signature(case) -> List[List[Any]]:
@@ -172,7 +160,7 @@ def preprocess_dataset(dataset_or_folder, plans: Plans | str | os.PathLike, out_
             raise DatasetError(f"case id '{case.case_id}' clashes with the cache's file names; rename the case")
     _check_plans(out, plans, overwrite)
     plans.save(out / "plans.json")
-    _save_json(dataset.dataset_json, out / "dataset.json")
+    atomic_write_json(out / "dataset.json", dataset.dataset_json, indent=None)
     done = set(list_preprocessed_cases(out))
     todo = [case for case in dataset.cases if case.case_id not in done or not _is_current(out, case)]
     plans_dict = plans.to_dict()

@@ -21,10 +21,10 @@ import numpy as np
 from RCSegNeXtCore.data.io import IMAGE_EXTENSIONS, Image, read_image, split_extension
 from RCSegNeXtCore.data.validation import Problem, case_content_problems, relative_to_root
 from RCSegNeXtCore.errors import DatasetError, ImageReadError
+from RCSegNeXtCore.files import atomic_write_json
+from RCSegNeXtCore.plans import DEFAULT_CHANNELS, DEFAULT_LABELS
 
-DEFAULT_LABELS: Dict[str, int] = {"background": 0, "rectum": 1, "tumour": 2}
-DEFAULT_CHANNELS: Dict[str, str] = {"0": "T2"}
-_CHANNEL_STEM = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+CHANNEL_STEM = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _DATASET_HINT = "see the nnU-Net v2 dataset format; rcsegnext phantom writes an example dataset.json"
 
 
@@ -143,7 +143,7 @@ def _scan_images(folder: Path, num_channels: int) -> Tuple[Dict[str, Dict[int, L
     problems: List[Problem] = []
     for entry in _visible_entries(folder):
         stem = entry.name if entry.is_dir() else split_extension(entry)[0]
-        match = _CHANNEL_STEM.match(stem)
+        match = CHANNEL_STEM.match(stem)
         if not _is_image_entry(entry):
             problems.append(Problem(stem, f"{entry} is not an image file this tool reads",
                                     f"use one of {', '.join(IMAGE_EXTENSIONS)} or a DICOM series folder, "
@@ -224,7 +224,7 @@ def scan_dataset(folder: str | os.PathLike) -> Tuple[Dataset, List[Problem]]:
                                     "imagesTs/"))
         cases.append(Case(case_id, _first(images[case_id], num_channels), label))
     for case_id in sorted(set(label_files) - set(images)):
-        match = _CHANNEL_STEM.match(case_id)
+        match = CHANNEL_STEM.match(case_id)
         if match and match["case"] in images:  # labelsTr/CASE_0000.ext: labels carry no channel suffix
             hint = f"rename it to labelsTr/{match['case']}{split_extension(label_files[case_id][0])[1]}"
         else:
@@ -293,9 +293,4 @@ def write_dataset_json(folder: str | os.PathLike, labels: Optional[Mapping[str, 
         raise DatasetError(f"file_ending {file_ending!r}: use one of {', '.join(IMAGE_EXTENSIONS)}")
     content = {"channel_names": channel_names, "labels": {str(k): int(v) for k, v in labels.items()},
                "numTraining": int(num_training), "file_ending": file_ending, **extra}
-    path = Path(folder) / "dataset.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".dataset.json.part")
-    tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(Path(folder) / "dataset.json", content)

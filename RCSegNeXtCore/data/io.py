@@ -10,7 +10,6 @@ import gzip
 import os
 import re
 import struct
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Tuple
@@ -20,19 +19,9 @@ import SimpleITK as sitk
 from zlib import error as zlib_error
 
 from RCSegNeXtCore.errors import ImageReadError
+from RCSegNeXtCore.files import atomic_path, split_extension  # noqa: F401 (split_extension re-exported)
 
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".seg.nrrd")
-_COMPOUND_EXTENSIONS = (".seg.nrrd", ".nii.gz")
-
-
-def split_extension(path: str | os.PathLike) -> Tuple[str, str]:
-    """'case_0000.nii.gz' -> ('case_0000', '.nii.gz'); knows the compound endings .nii.gz and .seg.nrrd."""
-    name = Path(path).name
-    for ext in _COMPOUND_EXTENSIONS:
-        if name.lower().endswith(ext):
-            return name[: -len(ext)], name[-len(ext):]
-    stem, ext = os.path.splitext(name)
-    return stem, ext
 
 
 @dataclass(frozen=True)
@@ -277,27 +266,14 @@ def read_geometry(path: str | os.PathLike) -> Geometry:
                     reader.GetDirection())
 
 
-def atomic_path(path: Path) -> Path:
-    """A temporary sibling of `path` with the same extension (so writers pick the right format)."""
-    stem, ext = split_extension(path)
-    return path.with_name(f".{stem}.{uuid.uuid4().hex[:8]}.part{ext}")
-
-
 def write_sitk(image: sitk.Image, path: str | os.PathLike, metadata: Optional[Mapping[str, str]] = None,
                compress: bool = True) -> Path:
     """Write atomically (temporary file + rename): a crash never leaves a half-written file under `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     for key, value in (metadata or {}).items():
         image.SetMetaData(str(key), str(value))
-    tmp = atomic_path(path)
-    try:
+    with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=compress)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return Path(path)
 
 
 def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike,

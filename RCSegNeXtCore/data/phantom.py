@@ -25,8 +25,8 @@ from RCSegNeXtCore.data.phantom_anatomy import V_GRID, sample_anatomy
 from RCSegNeXtCore.data.phantom_render import Frame, paint_body, paint_pelvic_organs, paint_spine, upsample2
 from RCSegNeXtCore.data.phantom_rectum import paint_rectum
 from RCSegNeXtCore.errors import RCSegNeXtError
+from RCSegNeXtCore.plans import DEFAULT_CHANNELS, DEFAULT_LABELS
 
-LABELS = {"background": 0, "rectum": 1, "tumour": 2}
 CASE_PREFIX = "PHANTOM"
 TUMOUR_ABSENT_FRACTION = 0.1
 SIZES = ("full", "small")
@@ -245,7 +245,7 @@ def make_phantom_dataset(out_dir: str | os.PathLike, num_cases: int = 20, seed: 
         for stale in (out / folder).glob(f"{CASE_PREFIX}_[0-9][0-9][0-9]{suffix}"):
             if stale.name[: len(CASE_PREFIX) + 4] not in ids:
                 stale.unlink()
-    write_dataset_json(out, labels=LABELS, channel_names={"0": "T2"}, file_ending=".nii.gz",
+    write_dataset_json(out, labels=DEFAULT_LABELS, channel_names=DEFAULT_CHANNELS, file_ending=".nii.gz",
                        num_training=int(num_cases), name="RCSegNeXtPhantom",
                        description="Synthetic sagittal T2 pelvis (rectum 1, tumour 2) made by rcsegnext phantom",
                        phantom=record)

@@ -2,7 +2,7 @@
 
 Patient coordinates in millimetres: u runs anterior -> posterior, v superior -> inferior, w left -> right; the
 coccyx tip is at (u, v) = (0, 0). Tubular organs (spine band, rectum, vagina) are curves given as functions of v,
-sampled on `V_GRID`. T2 signal order (brightest to darkest) follows ../shared/reference/anatomy_t2_sagittal.md:
+sampled on `V_GRID`. T2 signal order (brightest to darkest), as in sagittal T2 pelvic MRI:
 fluid > fat > marrow ~ mucosa > tumour ~ nodes ~ bowel wall > muscle ~ muscularis > cortical bone > air.
 """
 from __future__ import annotations

@@ -21,6 +21,7 @@ import numpy as np
 from RCSegNeXtCore.data.io import IMAGE_EXTENSIONS, Geometry, read_geometry, read_image, split_extension
 from RCSegNeXtCore.evaluation import EvaluationError
 from RCSegNeXtCore.evaluation.metrics import CONVENTION, LabelValue, case_metrics, foreground_labels, summarize
+from RCSegNeXtCore.files import atomic_write_json
 from RCSegNeXtCore.progress import ProgressBar
 
 
@@ -175,12 +176,7 @@ def _decode(value: Any, key: str = "") -> Any:
 
 def write_metrics(result: Mapping, path: str | os.PathLike) -> Path:
     """Write metrics.json (or any result dict) atomically as strict JSON: nan -> null, inf -> "inf"."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(json.dumps(_encode(result), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, _encode(result), allow_nan=False)
 
 
 def load_metrics(path: str | os.PathLike) -> dict:

@@ -7,21 +7,24 @@ only an 80-character description field, which gets a short form (version, model,
 The .seg.nrrd is Slicer's shared-labelmap segmentation: one 3D uint8 volume (voxel value = segment's label value)
 plus `Segment{i}_*` keys (ID, Name, Color, LabelValue, Layer, Extent, Tags with the TerminologyEntry) and the
 `Segmentation_*` keys; 3D Slicer and `slicerio` read it as segments "Rectum" and "Tumor".
+
+numpy and SimpleITK are imported by the writers, not with the module: `rcsegnext predict --help` lists
+OUTPUT_FORMATS without loading them.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Mapping, Optional
+from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional
 
-import numpy as np
-import SimpleITK as sitk
-
-from RCSegNeXtCore.data.io import Geometry, array_to_sitk, split_extension, write_sitk
+from RCSegNeXtCore.files import split_extension
 from RCSegNeXtCore.inference.segments import SEGMENT_STYLE, segment_styles  # noqa: F401 (re-exported)
 
-OUTPUT_FORMATS = ("nii.gz", "nrrd", "seg.nrrd")
+if TYPE_CHECKING:
+    import numpy as np
 
+    from RCSegNeXtCore.data.io import Geometry
 
 def provenance(model_name: str = "", weights_sha256: str = "") -> Dict[str, str]:
     """Provenance keys written into every output's header."""
@@ -44,9 +47,14 @@ def _header_metadata(path: Path, metadata: Optional[Mapping[str, str]]) -> Dict[
 def write_labelmap(labels: np.ndarray, geometry: Geometry, path: str | os.PathLike,
                    metadata: Optional[Mapping[str, str]] = None) -> Path:
     """A (z, y, x) uint8 label map on `geometry`, atomically (format by extension)."""
-    path = Path(path)
-    image = array_to_sitk(np.asarray(labels, dtype=np.uint8), geometry)
-    return write_sitk(image, path, _header_metadata(path, metadata))
+    return _write_labels(labels, geometry, path, _header_metadata(Path(path), metadata))
+
+
+def _write_labels(labels: np.ndarray, geometry: Geometry, path: str | os.PathLike, keys: Mapping[str, str]) -> Path:
+    import numpy as np
+
+    from RCSegNeXtCore.data.io import array_to_sitk, write_sitk
+    return write_sitk(array_to_sitk(np.asarray(labels, dtype=np.uint8), geometry), path, keys)
 
 
 def _ras_geometry_string(geometry: Geometry) -> str:
@@ -87,9 +95,8 @@ def write_segmentation(labels: np.ndarray, geometry: Geometry, path: str | os.Pa
     path = Path(path)
     if not path.name.lower().endswith(".seg.nrrd"):
         raise ValueError(f"{path}: a segmentation file name must end with .seg.nrrd")
-    image = array_to_sitk(np.asarray(labels, dtype=np.uint8), geometry)
     keys = {**segmentation_metadata(label_names, geometry), **dict(metadata or {})}
-    return write_sitk(image, path, keys)
+    return _write_labels(labels, geometry, path, keys)
 
 
 def write_probabilities(probabilities: np.ndarray, geometry: Geometry, path: str | os.PathLike,
@@ -99,6 +106,10 @@ def write_probabilities(probabilities: np.ndarray, geometry: Geometry, path: str
     NRRD/MHA carry the class order as `RCSegNeXt_Classes` (name per component); NIfTI stores them as a 4D vector
     image whose component k is class k.
     """
+    import numpy as np
+    import SimpleITK as sitk
+
+    from RCSegNeXtCore.data.io import write_sitk
     path = Path(path)
     probabilities = np.asarray(probabilities, dtype=np.float32)
     if probabilities.shape[1:] != tuple(geometry.shape):
@@ -110,16 +121,39 @@ def write_probabilities(probabilities: np.ndarray, geometry: Geometry, path: str
     return write_sitk(image, path, _header_metadata(path, keys))
 
 
-def output_path(folder: str | os.PathLike, case_id: str, fmt: str) -> Path:
-    """Where case `case_id` goes in an output folder for format `fmt` (nii.gz | nrrd | seg.nrrd)."""
-    if fmt not in OUTPUT_FORMATS:
-        raise ValueError(f"unknown output format {fmt!r}; use one of {', '.join(OUTPUT_FORMATS)}")
-    return Path(folder) / f"{case_id}.{fmt}"
+def _write_labelmap(labels, geometry, path, label_names, metadata=None) -> Path:
+    return write_labelmap(labels, geometry, path, metadata)
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """A prediction file type: its name ending, the writer (labels, geometry, path, label_names, metadata) -> path,
+    and a few words for --help."""
+
+    suffix: str
+    write: Callable[..., Path]
+    description: str
+
+
+# the one list of prediction formats: --format choices, names accepted by `predict -o`, writer by name ending
+OUTPUT_FORMATS: Dict[str, OutputFormat] = {f.suffix: f for f in (
+    OutputFormat("nii.gz", _write_labelmap, "compressed NIfTI label map"),
+    OutputFormat("nii", _write_labelmap, "NIfTI label map"),
+    OutputFormat("nrrd", _write_labelmap, "NRRD label map (provenance in the header)"),
+    OutputFormat("mha", _write_labelmap, "MetaImage label map"),
+    OutputFormat("seg.nrrd", write_segmentation, "3D Slicer segmentation: named, coloured segments"),
+)}
+
+
+def output_format(path: str | os.PathLike) -> Optional[OutputFormat]:
+    """The format a file name asks for (by its ending), None for an unknown ending."""
+    return OUTPUT_FORMATS.get(split_extension(path)[1].lstrip(".").lower())
 
 
 def write_prediction(labels: np.ndarray, geometry: Geometry, path: str | os.PathLike, label_names: Mapping[str, int],
                      metadata: Optional[Mapping[str, str]] = None) -> Path:
-    """A label map or, for a name ending .seg.nrrd, a Slicer segmentation."""
-    if str(path).lower().endswith(".seg.nrrd"):
-        return write_segmentation(labels, geometry, path, label_names, metadata)
-    return write_labelmap(labels, geometry, path, metadata)
+    """The prediction in the format its file name ends with (see OUTPUT_FORMATS)."""
+    fmt = output_format(path)
+    if fmt is None:
+        raise ValueError(f"{path}: unknown output format; use a name ending .{', .'.join(OUTPUT_FORMATS)}")
+    return fmt.write(labels, geometry, path, label_names, metadata)

@@ -16,6 +16,7 @@ import torch
 
 from RCSegNeXtCore.checkpoint import load_checkpoint, load_network_weights, save_checkpoint
 from RCSegNeXtCore.errors import ModelError
+from RCSegNeXtCore.files import atomic_write_json
 from RCSegNeXtCore.hashing import file_sha256
 from RCSegNeXtCore.plans import Plans
 
@@ -150,9 +151,7 @@ def init_model_folder(plans: Plans, out_dir: str | os.PathLike, dataset_json: Op
                          "they must agree")
     out.mkdir(parents=True, exist_ok=True)
     plans.save(out / "plans.json")
-    tmp = out / ".dataset.json.part"
-    tmp.write_text(json.dumps(dataset_json, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "dataset.json")
+    atomic_write_json(out / "dataset.json", dataset_json)
     for fold in map(parse_fold, folds):
         fold_seed = int(seed) + (fold if isinstance(fold, int) else 1000)  # fold_all: its own seed
         torch.manual_seed(fold_seed)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from RCSegNeXtCore.data.io import Geometry, Image
+from RCSegNeXtCore.devices import resolve_device
 from RCSegNeXtCore.errors import ImageReadError, ModelError
 from RCSegNeXtCore.inference.export import provenance
 from RCSegNeXtCore.inference.model_folder import ModelFolder
@@ -36,14 +37,6 @@ class Prediction:
     probabilities: Optional[np.ndarray] = None  # (K, z, y, x) float32 when asked for
     stats: Optional[WindowStats] = None
     warnings: List[str] = field(default_factory=list)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError("--device cuda was asked for but no CUDA GPU is available to torch; use --device cpu")
-    return torch.device(device)
 
 
 def model_plane(model: ModelFolder) -> Optional[str]:

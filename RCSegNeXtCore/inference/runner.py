@@ -23,23 +23,20 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, TextIO
+from typing import Dict, List, Optional, TextIO
 
 import numpy as np
 
+from RCSegNeXtCore.data.dataset import CHANNEL_STEM
 from RCSegNeXtCore.data.dicom import DicomNote
 from RCSegNeXtCore.data.io import IMAGE_EXTENSIONS, Image, read_image, split_extension
-from RCSegNeXtCore.errors import ImageReadError, RCSegNeXtError
-from RCSegNeXtCore.inference.export import OUTPUT_FORMATS, write_prediction, write_probabilities
+from RCSegNeXtCore.errors import ImageReadError, RCSegNeXtError, first_line
+from RCSegNeXtCore.inference.export import OUTPUT_FORMATS, output_format, write_prediction, write_probabilities
 from RCSegNeXtCore.progress import ProgressBar
-
-_CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-
 
 @dataclass
 class CaseInput:
@@ -80,7 +77,7 @@ def find_cases(input_path: str | os.PathLike, num_channels: int = 1) -> tuple[Li
     for entry in sorted(path.iterdir()):
         if _is_image_file(entry):
             stem = split_extension(entry)[0]
-            match = _CHANNEL_SUFFIX.match(stem)
+            match = CHANNEL_STEM.match(stem)
             grouped = match and (num_channels > 1 or match.group("channel") == "0000")
             groups.setdefault(match.group("case") if grouped else stem, []).append(entry)
         elif entry.is_dir() and not entry.name.startswith("."):
@@ -170,9 +167,9 @@ def run_prediction(predictor, input_path: str | os.PathLike, output: str | os.Pa
         ext = split_extension(output)[1].lstrip(".").lower()
         if fmt is not None and ext != fmt:
             raise RCSegNeXtError(f"output {output} does not end with .{fmt}; name it {{name}}.{fmt} or drop --format")
-        if ext not in OUTPUT_FORMATS + ("nii", "mha"):
-            raise RCSegNeXtError(f"output {output}: unknown format .{ext}; use a name ending .nii.gz, .nrrd or "
-                                 ".seg.nrrd, or an existing folder")
+        if output_format(output) is None:
+            raise RCSegNeXtError(f"output {output}: unknown format .{ext}; use a name ending "
+                                 f".{', .'.join(OUTPUT_FORMATS)}, or an existing folder")
         targets = [output]
     events = JsonProgress(stream, progress_json)
     result = RunResult(skipped_series=skipped_series)
@@ -224,7 +221,7 @@ def run_prediction(predictor, input_path: str | os.PathLike, output: str | os.Pa
                 result.written.append(case.case_id)
                 events.emit("export", case.case_id, done, total, output=str(target), warnings=prediction.warnings)
             except (RCSegNeXtError, ValueError, RuntimeError, OSError, MemoryError) as exc:
-                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                message = first_line(exc)
                 events.emit("error", case.case_id, done, total, message=message)
                 if not folder_mode:
                     raise

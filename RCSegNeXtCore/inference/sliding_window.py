@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -79,7 +78,8 @@ def default_min_overlaps(patch_size: Sequence[int], total_stride: Sequence[int])
     `stride` voxels; an overlap of two cells lets every voxel be predicted by a tile in which it lies at least one cell
     inside. It only matters for patches a few cells wide: the paper's [16, 320, 320] patch (20 cells of 16 in-plane)
     keeps overlap 1/4 (2 x 2 x 2 tiles on [24, 512, 512]); the demo's [16, 64, 64] patch (4 cells) gets nnU-Net's
-    step 0.5, where 1/4 left the middle of a 100-voxel axis in the border cells of both tiles (README, Inference)."""
+    step 0.5, where 1/4 left the middle of a 100-voxel axis in the border cells of both tiles (docs/inference.md;
+    measured agreement: docs/benchmarks.md)."""
     return [min(max(int(math.ceil(DEFAULT_TILE_OVERLAP * p)), 2 * int(s)), int(p) // 2)
             for p, s in zip(patch_size, total_stride)]
 
@@ -203,11 +203,3 @@ def predict_sliding_window(networks: Sequence[torch.nn.Module], data: torch.Tens
             weights[t] += weight
     summed /= weights.clamp_min(1e-12)
     return torch.softmax(summed[(slice(None), *region)], dim=0).cpu(), stats
-
-
-def set_cpu_threads() -> None:
-    """Use every core the process may run on (torch's default can be lower inside containers)."""
-    try:
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
-    except (AttributeError, OSError):
-        pass

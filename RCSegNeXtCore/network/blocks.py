@@ -1,12 +1,13 @@
 """The blocks of the paper's Table 3, one class each (Sections 2.2-2.3, Fig. 3).
 
 Every block maps [B, C, Z, Y, X] -> [B, C', Z, Y, X] with a stage kernel `k` (e.g. (1, 3, 3) or (3, 3, 3)) and
-"same" padding. Norm = InstanceNorm3d without affine parameters; all convolutions have biases (official code).
+"same" padding; its keyword arguments are its options (`scale`, `expansion`), and an unknown one is a TypeError. Norm = InstanceNorm3d without affine parameters; all convolutions have biases (official code).
 A block's `official_names` maps the official implementation's sub-module names onto ours (see official.py), and
 `unused_official_shortcut` says whether the official code allocates a 1x1x1 shortcut conv that it never calls.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Dict, Sequence, Tuple
 
 import torch
@@ -43,7 +44,7 @@ class ConvBlock(nn.Module):
     official_names: Dict[str, str] = {}
     unused_official_shortcut = False
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: Kernel, **_: int):
+    def __init__(self, in_channels: int, out_channels: int, kernel: Kernel):
         super().__init__()
         self.conv = nn.Conv3d(in_channels, out_channels, tuple(kernel), padding=_padding(kernel))
         self.norm = _norm(out_channels)
@@ -77,7 +78,7 @@ class AniNeXtBlock(_ExpandCompressTail):
     official_names = {"conv1": "dwconv", "conv2": "expand", "conv3": "compress", "conv_shortcut": "shortcut"}
     unused_official_shortcut = True
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: Kernel, expansion: int = 2, **_: int):
+    def __init__(self, in_channels: int, out_channels: int, kernel: Kernel, expansion: int = 2):
         super().__init__()
         self.dwconv = nn.Conv3d(in_channels, in_channels, tuple(kernel), padding=_padding(kernel),
                                 groups=in_channels)
@@ -123,7 +124,7 @@ class Res2NetBlock(nn.Module):
     official_names: Dict[str, str] = {}
     unused_official_shortcut = False
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: Kernel, scale: int = 4, **_: int):
+    def __init__(self, in_channels: int, out_channels: int, kernel: Kernel, scale: int = 4):
         super().__init__()
         _check_scale("res2net", out_channels, scale)
         self.reduce = nn.Sequential(nn.Conv3d(in_channels, out_channels, 1), _norm(out_channels), nn.ReLU(inplace=True))
@@ -144,8 +145,7 @@ class Res2NeXtBlock(_ExpandCompressTail):
     official_names = {"convs": "split.convs", "conv2": "expand", "conv3": "compress", "conv_shortcut": "shortcut"}
     unused_official_shortcut = True
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: Kernel, scale: int = 4, expansion: int = 2,
-                 **_: int):
+    def __init__(self, in_channels: int, out_channels: int, kernel: Kernel, scale: int = 4, expansion: int = 2):
         super().__init__()
         _check_scale("res2next", in_channels, scale)
         self.split = _HierarchicalSplit(in_channels, kernel, scale, depthwise=True, norm_act=False)
@@ -190,8 +190,7 @@ class IsoNeXtBlock(nn.Module):
                       "conv_shortcut": "shortcut"}
     unused_official_shortcut = True
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: Kernel, scale: int = 4, expansion: int = 2,
-                 **_: int):
+    def __init__(self, in_channels: int, out_channels: int, kernel: Kernel, scale: int = 4, expansion: int = 2):
         super().__init__()
         _check_scale("isonext", in_channels, scale)
         self.split = _HierarchicalSplit(in_channels, kernel, scale, depthwise=True, norm_act=False)
@@ -221,3 +220,10 @@ def block_class(name: str) -> type:
         return BLOCKS[str(name).lower()]
     except KeyError:
         raise PlanError(f"unknown block type {name!r}; valid block types: {', '.join(BLOCKS)}") from None
+
+
+def make_block(name: str, in_channels: int, out_channels: int, kernel: Kernel, **options: int) -> nn.Module:
+    """A block of type `name`, given only those of the network-wide `options` (scale, expansion) it takes."""
+    cls = block_class(name)
+    taken = inspect.signature(cls).parameters
+    return cls(in_channels, out_channels, kernel, **{k: v for k, v in options.items() if k in taken})

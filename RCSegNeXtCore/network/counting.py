@@ -2,15 +2,15 @@
 
 The official implementation allocates a 1x1x1 shortcut conv C -> C' in every AniNeXt / ConvNeXt / Res2NeXt /
 IsoNeXt block, also where C == C' and `forward` never calls it; the paper's #P(M) column counts those weights.
-We do not allocate them (see ../shared/reference/param_counts.md); `count_paper_parameters` adds them back.
+We do not allocate them (counts per variant: docs/network.md); `count_paper_parameters` adds them back.
 """
 from __future__ import annotations
 
 from torch import nn
 
 
-def count_parameters(module: nn.Module, live_only: bool = True) -> int:
-    """Number of parameter values (every parameter of our networks is live; `live_only=False` adds nothing)."""
+def count_parameters(module: nn.Module) -> int:
+    """Number of parameter values (every parameter of our networks is live: none is allocated and left unused)."""
     return sum(p.numel() for p in module.parameters())
 
 

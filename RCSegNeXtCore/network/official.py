@@ -1,6 +1,6 @@
 """Import weights saved by the official RCSegNeXt implementation (nnU-Net v2 fork, `RCSegNeXt.py`).
 
-Official keys (../shared/reference/official_rcsegnext_state_dict.tsv): `stem`, `encoder{1..5}.{0,1}.<conv>`,
+Official keys: `stem`, `encoder{1..5}.{0,1}.<conv>`,
 `decoder{4..1}.{0,1}.<conv>`, `tran{1..4}` (tran1 = deepest upsampling), `outconv.0`. Block convs are `conv1`
 (AniNeXt/ConvNeXt depthwise), `convs.N` (Res2NeXt/IsoNeXt group convs), `conv2`, `conv3`, `conv_shortcut`.
 The official blocks allocate `conv_shortcut` also where input and output widths are equal and never use it there;
@@ -14,7 +14,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from RCSegNeXtCore.errors import ModelError
+from RCSegNeXtCore.errors import ModelError, first_line
 from RCSegNeXtCore.network.blocks import block_class
 from RCSegNeXtCore.network.rcsegnext import RCSegNeXt, build_network
 
@@ -131,5 +131,5 @@ def load_official_network(state_dict: Mapping[str, Any]) -> Tuple[RCSegNeXt, Dic
     try:
         network.load_state_dict(convert_official_state_dict(state_dict), strict=True)
     except RuntimeError as exc:
-        raise ModelError(f"official weights do not fit the rebuilt network: {str(exc).splitlines()[0]}") from None
+        raise ModelError(f"official weights do not fit the rebuilt network: {first_line(exc)}") from None
     return network, arch

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from RCSegNeXtCore.errors import PlanError
-from RCSegNeXtCore.network.blocks import BLOCKS, block_class
+from RCSegNeXtCore.network.blocks import BLOCKS, block_class, make_block
 from RCSegNeXtCore.planner import total_stride
 
 Triple = Tuple[int, int, int]
@@ -64,9 +64,8 @@ class Stage(nn.Sequential):
     """Two blocks of one kind: in -> width, width -> width."""
 
     def __init__(self, block: str, in_channels: int, width: int, kernel: Triple, scale: int, expansion: int):
-        cls = block_class(block)
-        super().__init__(cls(in_channels, width, kernel, scale=scale, expansion=expansion),
-                         cls(width, width, kernel, scale=scale, expansion=expansion))
+        super().__init__(make_block(block, in_channels, width, kernel, scale=scale, expansion=expansion),
+                         make_block(block, width, width, kernel, scale=scale, expansion=expansion))
 
 
 class RCSegNeXt(nn.Module):

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import csv
-import json
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Dict, List
+
+from RCSegNeXtCore.files import atomic_path, atomic_write_json
 
 
 class RunLog:
@@ -29,9 +28,7 @@ class RunLog:
 def write_metrics(fold_dir: Path, history: List[Dict[str, float]]) -> None:
     """metrics.json, metrics.csv and (when matplotlib is installed) progress.png."""
     fold_dir = Path(fold_dir)
-    tmp = fold_dir / ".metrics.json.part"
-    tmp.write_text(json.dumps(history, indent=1) + "\n")
-    os.replace(tmp, fold_dir / "metrics.json")
+    atomic_write_json(fold_dir / "metrics.json", history, indent=1)
     keys = list(dict.fromkeys(k for record in history for k in record))
     with open(fold_dir / "metrics.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=keys)
@@ -67,8 +64,7 @@ def plot_progress(history: List[Dict[str, float]], path: Path) -> bool:
     ax_lr.set_ylabel("learning rate")
     ax_lr.set_xlabel("epoch")
     fig.tight_layout()
-    tmp = path.with_name(".progress.part.png")
-    fig.savefig(tmp, dpi=80)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)
-    os.replace(tmp, path)
     return True

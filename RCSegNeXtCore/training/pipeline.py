@@ -7,13 +7,12 @@ different preprocessing is refused).
 """
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from RCSegNeXtCore.errors import ModelError, RCSegNeXtError
+from RCSegNeXtCore.files import atomic_write_json
 from RCSegNeXtCore.training import splits as split_io
 
 ARCH_OPTIONS = ("base_channels", "scale", "expansion", "aniso_block", "iso_block")
@@ -27,7 +26,6 @@ class RunSetup:
     dataset: Any
     folds: List[Any]
     splits: Optional[List[Dict[str, List[str]]]]
-    config: Dict[str, Any] = field(default_factory=dict)
 
 
 def plan_for_run(args, dataset, run_dir: Path):
@@ -81,9 +79,7 @@ def prepare_run(args, check=None) -> RunSetup:
     cache_dir = Path(args.preprocessed) if args.preprocessed else run_dir / "preprocessed"
     preprocess_dataset(dataset, plans, cache_dir, workers=max(1, args.num_workers), progress=True)
     plans.save(run_dir / "plans.json")
-    tmp = run_dir / ".dataset.json.part"
-    tmp.write_text(json.dumps(dataset.dataset_json, indent=2) + "\n")
-    os.replace(tmp, run_dir / "dataset.json")
+    atomic_write_json(run_dir / "dataset.json", dataset.dataset_json)
     return RunSetup(run_dir, cache_dir, plans, dataset, folds, splits)
 
 
@@ -104,7 +100,7 @@ def train_one_fold(run_dir: str, cache_dir: str, fold, train_ids, val_ids, confi
     import torch
     from RCSegNeXtCore.plans import Plans
     from RCSegNeXtCore.training.checkpointing import FINAL, find_resume_checkpoint
-    from RCSegNeXtCore.training.distributed import DistInfo, init_distributed
+    from RCSegNeXtCore.training.distributed import init_distributed
     from RCSegNeXtCore.training.trainer import TrainConfig, Trainer
     config = TrainConfig(**config_dict)
     dist = init_distributed(config.device)

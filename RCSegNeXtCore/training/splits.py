@@ -14,6 +14,7 @@ from typing import Dict, List, Sequence, Tuple, Union
 import numpy as np
 
 from RCSegNeXtCore.errors import DatasetError
+from RCSegNeXtCore.files import atomic_write_json
 
 Split = Dict[str, List[str]]
 Fold = Union[int, str]
@@ -44,12 +45,7 @@ def make_splits(case_ids: Sequence[str], num_folds: int = 5, seed: int = 12345) 
 
 
 def save_splits(splits: List[Split], path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(json.dumps(splits, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, splits)
 
 
 def load_splits(path: str | os.PathLike, case_ids: Sequence[str] | None = None) -> List[Split]:

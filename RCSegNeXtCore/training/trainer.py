@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from RCSegNeXtCore.devices import set_cpu_threads
 from RCSegNeXtCore.progress import ProgressBar, format_seconds
 from RCSegNeXtCore.training import checkpointing as ckpt
 from RCSegNeXtCore.training.augment import AugmentConfig, Augmenter, context_size
@@ -54,14 +55,6 @@ class TrainConfig:
     threads: Optional[int] = None         # CPU threads per process (None: the idle cores)
 
 
-def resolve_device(name: str = "auto") -> str:
-    if name in ("auto", "", None):
-        if torch.cuda.is_available():
-            return "cuda"
-        return "mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu"
-    return name
-
-
 def idle_cpu_threads(processes: int = 1) -> int:
     """Threads per process for CPU training: the cores not already busy (1-minute load average), at least 1.
     On a machine shared with other jobs, more threads than idle cores make PyTorch's OpenMP threads wait on each
@@ -88,7 +81,7 @@ class Trainer:
         self.device = torch.device(config.device)
         if self.device.type == "cpu" and (config.threads or not config.deterministic):
             # deterministic runs keep torch's fixed default unless told: a resume must use the same count
-            torch.set_num_threads(config.threads or idle_cpu_threads(self.dist.world_size))
+            set_cpu_threads(config.threads or idle_cpu_threads(self.dist.world_size))
         self.val_cases = list(val_cases)
         if config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
