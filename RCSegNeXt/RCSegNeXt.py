@@ -416,7 +416,7 @@ class RCSegNeXtTest(ScriptedLoadableModuleTest):
         self.test_SegmentAndCompare()
 
     def _tinyModel(self, folder):
-        from RCSegNeXtCore.data.planning import make_plans_from_values
+        from RCSegNeXtCore.planning import make_plans_from_values
         from RCSegNeXtCore.inference.model_folder import init_model_folder
         plans = make_plans_from_values([4.0, 1.0, 1.0], [16, 32, 32], base_channels=4)
         return init_model_folder(plans, folder)

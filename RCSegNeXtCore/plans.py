@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional
 
 from RCSegNeXtCore.errors import PlanError
 from RCSegNeXtCore.files import atomic_write_json
+from RCSegNeXtCore.strides import total_stride
 
 PLANS_FORMAT_VERSION = 1
 # the model's classes and its one input channel, unless a dataset.json says otherwise
@@ -130,9 +131,7 @@ class Plans:
         if len(self.kernels) != len(self.strides) + 1:
             raise PlanError(f"{source}: {len(self.kernels)} kernels for {len(self.strides)} strides; "
                             "a plan has one kernel more than strides")
-        total = [1, 1, 1]
-        for stride in self.strides:
-            total = [t * s for t, s in zip(total, stride)]
+        total = total_stride(self.strides)
         if any(p % t for p, t in zip(self.patch_size, total)):
             raise PlanError(f"{source}: patch size {self.patch_size} is not divisible by the total stride {total}")
         if sorted(self.labels.values()) != list(range(len(self.labels))):

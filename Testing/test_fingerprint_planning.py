@@ -13,10 +13,10 @@ from RCSegNeXtCore.data.cache import list_preprocessed_cases, load_preprocessed_
 from RCSegNeXtCore.data.dataset import load_dataset, write_dataset_json
 from RCSegNeXtCore.data.fingerprint import compute_fingerprint
 from RCSegNeXtCore.data.io import Geometry, read_geometry, read_image, write_image
-from RCSegNeXtCore.data.planning import fit_patch_size, make_plans, make_plans_from_values
+from RCSegNeXtCore.planning import fit_patch_size, make_plans, make_plans_from_values
 from RCSegNeXtCore.data.preprocess import restore_to_original
 from RCSegNeXtCore.data.resample import same_spacing
-from RCSegNeXtCore.planner import plan_for_patch, total_stride
+from RCSegNeXtCore.planning import plan_for_patch, total_stride
 from RCSegNeXtCore.plans import Plans
 
 PAPER_SPACING = [4.0, 0.875, 0.875]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from RCSegNeXtCore.cli import main as cli
-from RCSegNeXtCore.data.planning import make_plans_from_values
+from RCSegNeXtCore.planning import make_plans_from_values
 from RCSegNeXtCore.errors import ModelError
 from RCSegNeXtCore.inference.model_folder import ModelFolder, file_sha256, init_model_folder
 from RCSegNeXtCore.plans import Plans

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from RCSegNeXtCore.errors import PlanError
 from RCSegNeXtCore.network import (BLOCKS, IsoNeXtBlock, Res2NetBlock, ScaleAwareIntegration, build_network,
                                    count_paper_parameters, count_parameters)
-from RCSegNeXtCore.planner import plan_kernels_and_strides
+from RCSegNeXtCore.planning import plan_kernels_and_strides
 
 DATASET_A = plan_kernels_and_strides([4.0, 0.875, 0.875])
 VARIANTS = [("conv", "conv"), ("aninext", "conv"), ("aninext", "convnext"), ("aninext", "res2net"),

@@ -11,7 +11,7 @@ from RCSegNeXtCore.errors import ModelError
 from RCSegNeXtCore.network import build_network, count_parameters
 from RCSegNeXtCore.network.official import (convert_official_state_dict, load_official_network,
                                             official_architecture)
-from RCSegNeXtCore.planner import plan_kernels_and_strides
+from RCSegNeXtCore.planning import plan_kernels_and_strides
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 NPZ = REFERENCE / "official_rcsegnext_reference.npz"

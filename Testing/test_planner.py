@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from RCSegNeXtCore.errors import PlanError
-from RCSegNeXtCore.planner import plan_for_patch, plan_kernels_and_strides, total_stride
+from RCSegNeXtCore.planning import plan_for_patch, plan_kernels_and_strides, total_stride
 
 A, B2, I3 = [1, 3, 3], [1, 2, 2], [3, 3, 3]
 S2 = [2, 2, 2]

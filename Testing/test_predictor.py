@@ -14,7 +14,7 @@ import torch
 
 from RCSegNeXtCore.cli import main as cli
 from RCSegNeXtCore.data.io import Geometry, Image, read_geometry, read_image, write_image
-from RCSegNeXtCore.data.planning import make_plans_from_values
+from RCSegNeXtCore.planning import make_plans_from_values
 from RCSegNeXtCore.inference.model_folder import ModelFolder, init_model_folder
 from RCSegNeXtCore.inference.predictor import Predictor, input_warnings, resized_geometry
 

@@ -13,7 +13,7 @@ import torch
 from RCSegNeXtCore.data.cache import list_preprocessed_cases, load_preprocessed_case, preprocess_dataset
 from RCSegNeXtCore.data.dataset import write_dataset_json
 from RCSegNeXtCore.data.io import Geometry, Image, write_image
-from RCSegNeXtCore.data.planning import make_plans_from_values
+from RCSegNeXtCore.planning import make_plans_from_values
 from RCSegNeXtCore.data.preprocess import nonzero_bbox, normalize, preprocess_case, restore_to_original
 from RCSegNeXtCore.data.resample import resample_label, resample_tensor, thick_axis
 from RCSegNeXtCore.errors import DatasetError, PlanError

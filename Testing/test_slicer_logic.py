@@ -33,7 +33,7 @@ def scene():
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
-    from RCSegNeXtCore.data.planning import make_plans_from_values
+    from RCSegNeXtCore.planning import make_plans_from_values
     from RCSegNeXtCore.inference.model_folder import init_model_folder
     plans = make_plans_from_values([5.0, 5.0, 5.0], [16, 32, 32], base_channels=4)  # coarse: fast on 2 CPU cores
     return init_model_folder(plans, tmp_path_factory.mktemp("model") / "tiny", seed=1)

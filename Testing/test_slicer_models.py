@@ -18,7 +18,7 @@ from RCSegNeXtLib.models import install_model, list_models, model_path, remove_m
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    from RCSegNeXtCore.data.planning import make_plans_from_values
+    from RCSegNeXtCore.planning import make_plans_from_values
     from RCSegNeXtCore.inference.model_folder import init_model_folder
     plans = make_plans_from_values([5.0, 5.0, 5.0], [16, 32, 32], base_channels=4, dataset_name="Dataset900_Test")
     return init_model_folder(plans, tmp_path_factory.mktemp("run") / "run_fold0", folds=(0, 1))

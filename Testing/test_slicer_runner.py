@@ -177,7 +177,7 @@ def test_cancel_kills_the_whole_process_tree(ignore_term):
 def test_progress_json_lines_from_the_real_predict_module(tmp_path):
     """The real `python -m RCSegNeXtCore.predict --progress-json` output parses into progress events: a bad input
     gives an 'error' line and a non-zero exit that the runner reports."""
-    from RCSegNeXtCore.data.planning import make_plans_from_values
+    from RCSegNeXtCore.planning import make_plans_from_values
     from RCSegNeXtCore.inference.model_folder import init_model_folder
     model = init_model_folder(make_plans_from_values([5.0, 5.0, 5.0], [16, 32, 32], base_channels=4), tmp_path / "m")
     broken = tmp_path / "broken.nrrd"

@@ -47,7 +47,7 @@ def private_temp(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def sagittal_model(tmp_path_factory):
     """A tiny model that records its training plane (sagittal), so an axial volume draws a warning."""
-    from RCSegNeXtCore.data.planning import make_plans_from_values
+    from RCSegNeXtCore.planning import make_plans_from_values
     from RCSegNeXtCore.inference.model_folder import init_model_folder
     plans = make_plans_from_values([4.0, 1.0, 1.0], [16, 32, 32], base_channels=4, slice_orientation="sagittal")
     return init_model_folder(plans, tmp_path_factory.mktemp("model") / "sagittal", seed=2)
@@ -336,7 +336,7 @@ def test_models_live_outside_the_roaming_profile_on_windows(tmp_path):
     assert default_models_root(settings, "linux", {"LOCALAPPDATA": str(local)}) == settings / "RCSegNeXt" / "models"
     assert default_models_root(settings, "win32", {}) == settings / "RCSegNeXt" / "models"
 
-    from RCSegNeXtCore.data.planning import make_plans_from_values
+    from RCSegNeXtCore.planning import make_plans_from_values
     from RCSegNeXtCore.inference.model_folder import init_model_folder
     source = init_model_folder(make_plans_from_values([5.0, 5.0, 5.0], [16, 32, 32], base_channels=4),
                                tmp_path / "trained")

@@ -188,7 +188,7 @@ def test_intensity_augmentations_change_image_not_shape():
 
 # -- memory ---------------------------------------------------------------------------------------------------
 def test_memory_estimate_refuses_oversized_cpu_config_with_a_proposal():
-    from RCSegNeXtCore.planner import plan_for_patch
+    from RCSegNeXtCore.planning import plan_for_patch
     from RCSegNeXtCore.plans import Plans
     from RCSegNeXtCore.training.memory import (OutOfMemoryPlan, check_fits, estimate_training_memory,
                                                network_profile)

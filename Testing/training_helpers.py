@@ -9,7 +9,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from RCSegNeXtCore.planner import plan_for_patch  # noqa: E402
+from RCSegNeXtCore.planning import plan_for_patch  # noqa: E402
 from RCSegNeXtCore.plans import Plans  # noqa: E402
 from RCSegNeXtCore.training.sampler import TrainingCase, class_locations_from  # noqa: E402
 

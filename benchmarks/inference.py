@@ -36,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from RCSegNeXtCore.inference.sliding_window import predict_sliding_window  # noqa: E402
+from RCSegNeXtCore.strides import total_stride  # noqa: E402
 
 
 # -- (a) nnU-Net v2 default tiling, re-implemented from its documented behaviour ---------------------------------------
@@ -272,7 +273,7 @@ def main(argv=None) -> int:
         plans, net = model.plans, model.load_networks([model.folds[0]], device=device)[0]
         source = f"model folder {model.name} fold {model.folds[0]}"
     else:
-        from RCSegNeXtCore.data.planning import make_plans_from_values
+        from RCSegNeXtCore.planning import make_plans_from_values
         width = args.base_channels or (32 if device.type == "cuda" else 8)
         plans = make_plans_from_values(args.spacing, args.patch, base_channels=width)
         torch.manual_seed(0)
@@ -282,7 +283,7 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last_3d)
     patch, classes = list(plans.patch_size), plans.num_classes
-    stride = [math.prod(s[a] for s in plans.strides) for a in range(3)]
+    stride = total_stride(plans.strides)
     if args.image:
         if not args.model_dir:
             parser.error("--image needs --model-dir (a trained model and its plan)")

@@ -18,7 +18,7 @@ import torch
 
 from RCSegNeXtCore.network import build_network
 from RCSegNeXtCore.network.summary import summarize_network
-from RCSegNeXtCore.planner import plan_for_patch
+from RCSegNeXtCore.planning import plan_for_patch
 from RCSegNeXtCore.progress import ProgressBar
 
 VARIANTS = [("conv", "conv"), ("aninext", "conv"), ("aninext", "convnext"), ("aninext", "res2net"),

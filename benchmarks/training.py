@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from RCSegNeXtCore.data.planning import make_plans_from_values  # noqa: E402
+from RCSegNeXtCore.planning import make_plans_from_values  # noqa: E402
 from RCSegNeXtCore.training.augment import AugmentConfig, Augmenter, context_size  # noqa: E402
 from RCSegNeXtCore.training.loss import DiceCELoss  # noqa: E402
 from RCSegNeXtCore.training.sampler import PatchSampler, TrainingCase, class_locations_from  # noqa: E402

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from RCSegNeXtCore.evaluation.metrics import case_metrics
     from RCSegNeXtCore.inference.export import write_segmentation
     from RCSegNeXtCore.network.summary import summarize_network
-    from RCSegNeXtCore.planner import plan_for_patch
+    from RCSegNeXtCore.planning import plan_for_patch
     from RCSegNeXtCore.progress import format_seconds
     from RCSegNeXtCore.training.demo_support import WindowBaseline, dice_table, sagittal_figure
     from RCSegNeXtCore.training.pipeline import prepare_run, run_training

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from RCSegNeXtCore.data.planning import make_plans, make_plans_from_values
+    from RCSegNeXtCore.planning import make_plans, make_plans_from_values
     from RCSegNeXtCore.errors import PlanError
 
     overrides = dict(base_channels=args.base_channels, scale=args.scale, expansion=args.expansion,

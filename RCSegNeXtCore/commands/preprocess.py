@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
         plans = Plans.load(args.plans)
     else:
         from RCSegNeXtCore.data.fingerprint import compute_fingerprint
-        from RCSegNeXtCore.data.planning import make_plans
+        from RCSegNeXtCore.planning import make_plans
         plans = make_plans(compute_fingerprint(dataset, workers=args.workers), dataset)
         print(f"no --plans given: planned from the dataset (target spacing {plans.target_spacing})")
     before = set(list_preprocessed_cases(args.output))

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from RCSegNeXtCore.network.summary import summarize_network
-    from RCSegNeXtCore.planner import plan_for_patch
+    from RCSegNeXtCore.planning import plan_for_patch
 
     overrides = dict(base_channels=args.base_channels, scale=args.scale, expansion=args.expansion,
                      aniso_block=args.aniso_block, iso_block=args.iso_block)

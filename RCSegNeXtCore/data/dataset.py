@@ -19,7 +19,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 import numpy as np
 
 from RCSegNeXtCore.data.io import IMAGE_EXTENSIONS, Image, read_image, split_extension
-from RCSegNeXtCore.data.validation import Problem, case_content_problems, relative_to_root
+from RCSegNeXtCore.data.problems import Problem, case_content_problems, relative_to_root
 from RCSegNeXtCore.errors import DatasetError, ImageReadError
 from RCSegNeXtCore.files import atomic_write_json
 from RCSegNeXtCore.plans import DEFAULT_CHANNELS, DEFAULT_LABELS

@@ -21,6 +21,7 @@ from RCSegNeXtCore.errors import ImageReadError, ModelError
 from RCSegNeXtCore.inference.export import provenance
 from RCSegNeXtCore.inference.model_folder import ModelFolder
 from RCSegNeXtCore.inference.sliding_window import WindowStats, predict_sliding_window
+from RCSegNeXtCore.strides import total_stride
 
 # progress(stage, done, total): stage "preprocess" | "predict" (done/total = forward passes) | "restore"
 StageProgress = Callable[[str, int, int], None]
@@ -106,10 +107,7 @@ class Predictor:
         if self.device.type == "cuda":
             self.networks = [n.to(memory_format=torch.channels_last_3d) for n in self.networks]
         self.weights_sha256 = self.model.weights_sha256(self.folds, checkpoint)
-        stride = [1, 1, 1]
-        for s in self.plans.strides:
-            stride = [a * int(b) for a, b in zip(stride, s)]
-        self.total_stride = stride
+        self.total_stride = total_stride(self.plans.strides)
 
     @property
     def labels(self):

@@ -15,7 +15,7 @@ from torch import nn
 
 from RCSegNeXtCore.errors import PlanError
 from RCSegNeXtCore.network.blocks import BLOCKS, block_class, make_block
-from RCSegNeXtCore.planner import total_stride
+from RCSegNeXtCore.strides import total_stride
 
 Triple = Tuple[int, int, int]
 

@@ -13,6 +13,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from RCSegNeXtCore.errors import RCSegNeXtError
+from RCSegNeXtCore.strides import total_stride
 
 OVERHEAD = 1.1   # peak during backward over the saved activations (gradients of the largest maps, workspace)
 
@@ -32,17 +33,10 @@ class MemoryEstimate:
         return self.bytes_total / 2 ** 30
 
 
-def _total_stride(strides) -> List[int]:
-    total = [1, 1, 1]
-    for s in strides:
-        total = [t * v for t, v in zip(total, s)]
-    return total
-
-
 def network_profile(plans) -> Tuple[float, int]:
     """(bytes autograd keeps per input voxel for one sample in fp32, number of parameters), measured with one
     forward pass on the smallest valid patch."""
-    probe = [t * 2 for t in _total_stride(plans.strides)]
+    probe = [t * 2 for t in total_stride(plans.strides)]
     network = plans.build_network()
     seen = {}
 
@@ -84,7 +78,7 @@ def available_memory_bytes() -> Optional[int]:
 def propose_fitting(plans, batch_size: int, patch_size: List[int], available: int,
                     profile: Tuple[float, int]) -> Optional[Tuple[int, List[int]]]:
     """Smaller batch first, then halve the in-plane patch (kept a multiple of the total stride)."""
-    stride = _total_stride(plans.strides)
+    stride = total_stride(plans.strides)
     batch, patch = batch_size, list(patch_size)
     for _ in range(32):
         if estimate_training_memory(plans, batch, patch, profile).bytes_total <= 0.8 * available:

@@ -30,7 +30,7 @@ class RunSetup:
 
 def plan_for_run(args, dataset, run_dir: Path):
     """The run's plans: RUN/plans.json of an earlier run, --plans, or planned from the dataset; then overrides."""
-    from RCSegNeXtCore.planner import plan_for_patch
+    from RCSegNeXtCore.planning import plan_for_patch
     from RCSegNeXtCore.plans import Plans
     if args.plans:
         plans = Plans.load(args.plans)
@@ -38,7 +38,7 @@ def plan_for_run(args, dataset, run_dir: Path):
         plans = Plans.load(run_dir / "plans.json")
     else:
         from RCSegNeXtCore.data.fingerprint import compute_fingerprint
-        from RCSegNeXtCore.data.planning import make_plans
+        from RCSegNeXtCore.planning import make_plans
         fingerprint = compute_fingerprint(dataset, workers=max(1, args.num_workers))
         plans = make_plans(fingerprint, dataset, target_spacing=args.target_spacing)
     overrides: Dict[str, Any] = {k: getattr(args, k, None) for k in ARCH_OPTIONS}

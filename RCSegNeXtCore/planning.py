@@ -1,22 +1,91 @@
-"""plans.json from a dataset fingerprint or from explicit values (paper Sec. 3 and Appendix A).
+"""Planning: kernels and pooling strides from the voxel spacing (the paper's Algorithm 1, Appendix A), a patch size
+for a dataset, and the plans.json built from them (paper Sec. 3).
 
 Target spacing = median spacing; patch size = the paper's [16, 320, 320], shrunk on axes where the median image
 (after resampling) is smaller, to the smallest size that covers it and is divisible by the total pooling stride;
-kernels and strides from Algorithm 1 (`planner.plan_for_patch`); batch size 2.
+kernels and strides from Algorithm 1 with pooling stopped below 4 voxels (`plan_for_patch`); batch size 2.
+All spacings, sizes, kernels and strides are in (z, y, x) order; any axis may be the thick one.
 """
 from __future__ import annotations
 
 import itertools
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from RCSegNeXtCore.errors import PlanError
-from RCSegNeXtCore.planner import plan_for_patch
 from RCSegNeXtCore.plans import Architecture, Plans
+from RCSegNeXtCore.strides import total_stride
 
 DEFAULT_PATCH_SIZE = (16, 320, 320)  # paper Sec. 3, Dataset A
 NUM_POOLING = 4                       # paper Appendix A: four poolings, five stages
+Triple = List[int]
+
+# Algorithm 1 compares ratio <= 2; a tiny tolerance keeps e.g. 1.75/0.875 (exactly 2 on paper) from flipping on
+# floating-point noise.
+_RATIO_LIMIT = 2.0 * (1.0 + 1e-9)
+
+
+def _check_triple(name: str, values: Sequence, kind: type) -> List:
+    try:
+        out = [kind(v) for v in values]
+    except (TypeError, ValueError):
+        raise PlanError(f"{name} must be 3 numbers in (z, y, x), got {values!r}") from None
+    if len(out) != 3 or not all(v > 0 for v in out) or (kind is int and any(o != v for o, v in zip(out, values))):
+        raise PlanError(f"{name} must be 3 positive {kind.__name__}s in (z, y, x), got {list(values)!r}")
+    return out
+
+
+def _kernel_and_stride(spacing: Sequence[float]) -> Tuple[Triple, Triple]:
+    """One step of Algorithm 1: ratio to the smallest spacing; <= 2 -> kernel 3 / stride 2, else 1 / 1."""
+    smallest = min(spacing)
+    fine = [sp / smallest <= _RATIO_LIMIT for sp in spacing]
+    return [3 if f else 1 for f in fine], [2 if f else 1 for f in fine]
+
+
+def plan_kernels_and_strides(spacing: Sequence[float], num_pooling: int = NUM_POOLING) -> Tuple[List[Triple], List[Triple]]:
+    """Algorithm 1: `num_pooling + 1` stage kernels and `num_pooling` pooling strides for a (z, y, x) spacing.
+
+    >>> plan_kernels_and_strides([4.0, 0.875, 0.875])[1]
+    [[1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2]]
+    """
+    current = _check_triple("spacing", spacing, float)
+    if int(num_pooling) != num_pooling or num_pooling < 0:
+        raise PlanError(f"num_pooling must be a non-negative integer, got {num_pooling!r}")
+    kernels: List[Triple] = []
+    strides: List[Triple] = []
+    for _ in range(int(num_pooling)):
+        kernel, stride = _kernel_and_stride(current)
+        current = [sp * st for sp, st in zip(current, stride)]
+        kernels.append(kernel)
+        strides.append(stride)
+    kernels.append(_kernel_and_stride(current)[0])  # the bottleneck ("saddle") stage
+    return kernels, strides
+
+
+def plan_for_patch(spacing: Sequence[float], patch_size: Sequence[int], num_pooling: int = NUM_POOLING,
+                   min_feature_size: int = 4) -> Tuple[List[Triple], List[Triple]]:
+    """Algorithm 1 for a chosen patch: pooling of an axis stops once its feature map would fall below
+    `min_feature_size` voxels (stride 1 on that axis from then on); kernels stay Algorithm 1's.
+
+    Raises PlanError when the patch is not divisible by the resulting total stride.
+    """
+    patch = _check_triple("patch size", patch_size, int)
+    if int(min_feature_size) != min_feature_size or min_feature_size < 1:
+        raise PlanError(f"min_feature_size must be a positive integer, got {min_feature_size!r}")
+    kernels, planned = plan_kernels_and_strides(spacing, num_pooling)
+    size = [float(p) for p in patch]
+    strides: List[Triple] = []
+    for stride in planned:
+        actual = [st if sz / st >= min_feature_size else 1 for st, sz in zip(stride, size)]
+        size = [sz / st for sz, st in zip(size, actual)]
+        strides.append(actual)
+    total = total_stride(strides)
+    if any(p % t for p, t in zip(patch, total)):
+        suggestion = [max(t, round(p / t) * t) for p, t in zip(patch, total)]
+        raise PlanError(f"patch size {patch} is not divisible by the total pooling stride {total} of strides "
+                        f"{strides}; use a multiple of it per axis, e.g. {suggestion}")
+    return kernels, strides
 
 
 def _round_up(value: float, multiple: int) -> int:
@@ -41,7 +110,7 @@ def fit_patch_size(spacing: Sequence[float], median_shape: Sequence[float],
             _, strides = plan_for_patch(spacing, candidate, num_pooling)
         except PlanError:
             continue
-        pooling = int(np.prod([np.prod(s) for s in strides]))
+        pooling = int(np.prod(total_stride(strides)))
         key = (int(np.prod(candidate)), -pooling)
         if best_key is None or key < best_key:
             best, best_key = list(candidate), key
