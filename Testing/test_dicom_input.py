@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import require_module, require_path
 
 from RCSegNeXtCore.cli import main as cli
 from RCSegNeXtCore.data.io import Geometry, Image, read_geometry, read_image, write_image
@@ -23,7 +24,7 @@ from RCSegNeXtCore.inference.model_folder import ModelFolder, init_model_folder
 from RCSegNeXtCore.inference.predictor import Predictor, input_warnings
 from RCSegNeXtCore.plans import Plans
 
-pydicom = pytest.importorskip("pydicom")
+pydicom = require_module("pydicom")
 
 SERIES = "prostatex/ProstateX-0000/t2_tse_sag_dicom"
 NAMES = [f"1-{k:02d}.dcm" for k in range(1, 20)]
@@ -32,10 +33,7 @@ SAGITTAL_IOP = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)   # the real series: rows run A->
 
 @pytest.fixture(scope="module")
 def series(real_data) -> Path:
-    path = real_data / SERIES
-    if not path.is_dir():
-        pytest.skip(f"{path} is absent")
-    return path
+    return require_path(real_data / SERIES, "real DICOM series")
 
 
 def _model(folder: Path, plane) -> Path:

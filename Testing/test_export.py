@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import require_module
 
 from RCSegNeXtCore.data.io import Geometry, read_geometry, read_image
 from RCSegNeXtCore.inference.export import provenance, write_labelmap, write_probabilities, write_segmentation
@@ -40,7 +41,7 @@ def test_labelmap_keeps_exact_geometry_and_provenance(tmp_path):
 
 
 def test_seg_nrrd_round_trips_through_slicerio(tmp_path):
-    slicerio = pytest.importorskip("slicerio")
+    slicerio = require_module("slicerio")
     path = write_segmentation(_labels(), OBLIQUE, tmp_path / "case.seg.nrrd", LABELS, provenance("M", "cd" * 32))
     seg = slicerio.read_segmentation(str(path))
     segments = {s["name"]: s for s in seg["segments"]}
@@ -62,8 +63,8 @@ def test_seg_nrrd_round_trips_through_slicerio(tmp_path):
 
 
 def test_seg_nrrd_is_read_by_slicer_mrml(tmp_path):
-    slicer = pytest.importorskip("slicer")
-    vtk = pytest.importorskip("vtk")
+    slicer = require_module("slicer", "slicer-core")
+    vtk = require_module("vtk", "slicer-core")
     from vtk.util.numpy_support import vtk_to_numpy
     path = write_segmentation(_labels(), OBLIQUE, tmp_path / "case.seg.nrrd", LABELS)
     scene = slicer.vtkMRMLScene()

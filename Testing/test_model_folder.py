@@ -6,11 +6,11 @@ import os
 import pickle
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import REFERENCE as SHARED_REFERENCE, require_path
 
 from RCSegNeXtCore.cli import main as cli
 from RCSegNeXtCore.planning import make_plans_from_values
@@ -18,7 +18,7 @@ from RCSegNeXtCore.errors import ModelError
 from RCSegNeXtCore.inference.model_folder import ModelFolder, file_sha256, init_model_folder
 from RCSegNeXtCore.plans import Plans
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official_rcsegnext_reference.npz"
+REFERENCE = SHARED_REFERENCE / "official_rcsegnext_reference.npz"
 
 
 def tiny_plans(**overrides) -> Plans:
@@ -151,9 +151,8 @@ def test_crafted_pickle_is_refused_and_never_runs(tmp_path):
     assert not marker.exists() and not (tmp_path / "imp").exists()
 
 
-@pytest.mark.skipif(not REFERENCE.is_file(), reason="official reference state dict is absent")
 def test_import_official_nnunet_checkpoint_reproduces_reference_output(tmp_path, capsys):
-    ref = np.load(REFERENCE)
+    ref = np.load(require_path(REFERENCE, "official reference state dict"))
     state = {k: torch.from_numpy(ref[k]) for k in ref.files if not k.startswith("__")}
     nnunet_like = {"network_weights": state, "current_epoch": 100, "trainer_name": "nnUNetTrainer_RCSegNeXt",
                    "inference_allowed_mirroring_axes": (0, 1, 2), "init_args": {"device": torch.device("cpu")},

@@ -1,11 +1,10 @@
 """Import of the official implementation's checkpoints: the reference .npz must give the official logits."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from conftest import REFERENCE, require_path
 
 from RCSegNeXtCore.errors import ModelError
 from RCSegNeXtCore.network import build_network, count_parameters
@@ -13,7 +12,6 @@ from RCSegNeXtCore.network.official import (convert_official_state_dict, load_of
                                             official_architecture)
 from RCSegNeXtCore.planning import plan_kernels_and_strides
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 NPZ = REFERENCE / "official_rcsegnext_reference.npz"
 TSV = REFERENCE / "official_rcsegnext_state_dict.tsv"
 DATASET_A = plan_kernels_and_strides([4.0, 0.875, 0.875])
@@ -21,8 +19,7 @@ DATASET_A = plan_kernels_and_strides([4.0, 0.875, 0.875])
 
 @pytest.fixture(scope="module")
 def official():
-    if not NPZ.is_file():
-        pytest.skip(f"{NPZ} is absent")
+    require_path(NPZ, "official reference output")
     with np.load(NPZ, allow_pickle=False) as data:
         return {key: data[key] for key in data.files}
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import require_path
 
 from RCSegNeXtCore.cli import main as cli
 from RCSegNeXtCore.data.io import Geometry, Image, read_geometry, read_image, write_image
@@ -174,9 +175,7 @@ def test_resize_to_keeps_the_extent_and_maps_back(model_dir):
 
 
 def test_real_sagittal_dicom_series_gives_exactly_its_geometry(real_data, model_dir, tmp_path):
-    series = real_data / "prostatex" / "ProstateX-0000" / "t2_tse_sag_dicom"
-    if not series.is_dir():
-        pytest.skip(f"{series} is absent")
+    series = require_path(real_data / "prostatex" / "ProstateX-0000" / "t2_tse_sag_dicom", "real DICOM series")
     assert cli(["predict", "-i", str(series), "-o", str(tmp_path / "sag.seg.nrrd"), "-m", str(model_dir),
                 "--folds", "0", "--device", "cpu"]) == 0
     expected = read_geometry(series)
@@ -198,9 +197,7 @@ def test_find_cases_names_and_channels(tmp_path):
 
 
 def test_real_folder_of_dicom_series_with_a_bad_one(real_data, model_dir, tmp_path):
-    series = real_data / "prostatex" / "ProstateX-0000" / "t2_tse_sag_dicom"
-    if not series.is_dir():
-        pytest.skip(f"{series} is absent")
+    series = require_path(real_data / "prostatex" / "ProstateX-0000" / "t2_tse_sag_dicom", "real DICOM series")
     cases = tmp_path / "series"
     cases.mkdir()
     (cases / "ProstateX-0000").symlink_to(series, target_is_directory=True)

@@ -9,9 +9,10 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import require_module, require_path
 from slicer_headless import headless_scene, load_volume, put_in_study
 
-slicer = pytest.importorskip("slicer")
+slicer = require_module("slicer", "slicer-core")
 import slicer.util as su  # noqa: E402
 
 from RCSegNeXtCore.data.io import read_image, write_image  # noqa: E402
@@ -97,8 +98,7 @@ def test_volume_node_to_image_matches_simpleitk(scene, phantom_file, request, so
         real_data = request.getfixturevalue("real_data")  # skips when the real-data folder is absent
         path = real_data / (REAL_SAGITTAL if source == "real" else REAL_DICOM)
         load_path = path / "1-01.dcm" if source == "real DICOM" else path
-    if not load_path.exists():
-        pytest.skip(f"{load_path} absent")
+    require_path(load_path, "real MRI file")
     volume = load_volume(load_path, f"T2 {source}")
     image, reference = volume_to_image(volume, dtype=None), read_image(path)
     assert image.geometry.differences(reference.geometry, 1e-5) == []
@@ -169,9 +169,7 @@ def test_segment_in_process_matches_core_predictor(scene, logic, tiny_model, pha
 
 
 def test_segment_real_sagittal_volume(scene, logic, tiny_model, real_data):
-    path = real_data / REAL_SAGITTAL
-    if not path.exists():
-        pytest.skip(f"{path} absent")
+    path = require_path(real_data / REAL_SAGITTAL, "real MRI file")
     volume = load_volume(path, "ProstateX-0001 sag")
     node = logic.segment(volume, tiny_model, device="cpu")
     check_segmentation(node, volume)

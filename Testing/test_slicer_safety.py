@@ -11,9 +11,10 @@ import textwrap
 import numpy as np
 import pytest
 
+from conftest import require_module
 from slicer_headless import headless_scene, module_on_path, put_in_study
 
-slicer = pytest.importorskip("slicer")
+slicer = require_module("slicer", "slicer-core")
 import slicer.util as su  # noqa: E402
 
 from RCSegNeXtCore.data.io import read_image  # noqa: E402

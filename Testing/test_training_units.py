@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import require_module
 
 from RCSegNeXtCore.errors import DatasetError
 from RCSegNeXtCore.training.augment import AugmentConfig, Augmenter, context_size
@@ -19,7 +20,7 @@ from RCSegNeXtCore.training.splits import (cases_for_fold, get_or_create_splits,
 
 # -- loss -----------------------------------------------------------------------------------------------------
 def test_dice_ce_matches_monai():
-    monai_losses = pytest.importorskip("monai.losses")
+    monai_losses = require_module("monai.losses", "monai")
     torch.manual_seed(0)
     logits = torch.randn(2, 3, 4, 8, 8)
     target = torch.randint(0, 3, (2, 4, 8, 8))
