@@ -173,7 +173,7 @@ def test_synthetic_dataset_round_trip(tmp_path):
 def test_phantom_round_trip(tmp_path, spacing):
     """Small phantom: all cases at one spacing come back identical; with the phantom's random spacings each case
     comes back identical when it is at the median spacing, and otherwise with Dice >= 0.9 per class."""
-    from RCSegNeXtCore.data.phantom import make_phantom_dataset
+    from RCSegNeXtCore.phantom import make_phantom_dataset
     raw = make_phantom_dataset(tmp_path / "raw", 3, seed=0, size="small", spacing=spacing, progress=False)
     plans, results = _round_trip(raw, tmp_path, ["--base-channels", "8"])
     exact = 0

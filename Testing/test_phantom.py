@@ -11,7 +11,8 @@ from scipy import ndimage
 from RCSegNeXtCore.cli import main
 from RCSegNeXtCore.data.dataset import load_dataset, read_case
 from RCSegNeXtCore.data.io import read_image
-from RCSegNeXtCore.data.phantom import _tumour_plan, make_phantom_case, make_phantom_dataset
+from RCSegNeXtCore.phantom import make_phantom_case, make_phantom_dataset
+from RCSegNeXtCore.phantom.dataset import _tumour_plan
 from RCSegNeXtCore.data.validation import check_dataset
 from RCSegNeXtCore.errors import RCSegNeXtError
 

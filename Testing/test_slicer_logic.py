@@ -43,7 +43,7 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def phantom_file(tmp_path_factory):
     """A small phantom case (oblique sagittal grid) written with SimpleITK: (image path, label array)."""
-    from RCSegNeXtCore.data.phantom import make_phantom_case
+    from RCSegNeXtCore.phantom import make_phantom_case
     image, label = make_phantom_case(np.random.default_rng(3), size="small", tumour=True)
     path = tmp_path_factory.mktemp("phantom") / "phantom_t2.nrrd"
     write_image(image.array.astype(np.int16), image.geometry, path)

@@ -22,7 +22,7 @@ TINY = ["--epochs", "1", "--iterations-per-epoch", "2", "--val-iterations", "1",
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
-    from RCSegNeXtCore.data.phantom import make_phantom_dataset
+    from RCSegNeXtCore.phantom import make_phantom_dataset
     return make_phantom_dataset(tmp_path_factory.mktemp("phantom") / "raw", 3, seed=0, size="small",
                                 progress=False)
 

@@ -19,7 +19,7 @@ import torch
 from RCSegNeXtCore.data.cache import write_preprocessed_case
 from RCSegNeXtCore.data.dataset import load_dataset, read_case
 from RCSegNeXtCore.data.io import Image, read_image
-from RCSegNeXtCore.data.phantom import make_phantom_dataset
+from RCSegNeXtCore.phantom import make_phantom_dataset
 from RCSegNeXtCore.planning import make_plans_from_values
 from RCSegNeXtCore.data.preprocess import preprocess_case
 

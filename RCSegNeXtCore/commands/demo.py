@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from RCSegNeXtCore.commands import train as train_command
     from RCSegNeXtCore.data.dataset import read_case
     from RCSegNeXtCore.data.io import read_image
-    from RCSegNeXtCore.data.phantom import make_phantom_dataset
+    from RCSegNeXtCore.phantom import make_phantom_dataset
     from RCSegNeXtCore.data.validation import check_dataset
     from RCSegNeXtCore.errors import RCSegNeXtError
     from RCSegNeXtCore.evaluation.metrics import case_metrics

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from RCSegNeXtCore.data.phantom import case_ids, make_phantom_dataset
+    from RCSegNeXtCore.phantom import case_ids, make_phantom_dataset
 
     start = time.perf_counter()
     out = make_phantom_dataset(args.output, args.cases, args.seed, size=args.size, shape=args.shape,
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"Phantom dataset: {out} ({args.cases} cases, seed {args.seed}, size {args.size}) "
           f"in {time.perf_counter() - start:.1f} s")
     if args.preview:
-        from RCSegNeXtCore.data.phantom_preview import save_dataset_preview
+        from RCSegNeXtCore.phantom.preview import save_dataset_preview
 
         print(f"Preview: {save_dataset_preview(out, args.preview, case_ids(min(args.cases, 4)))}")
     return 0

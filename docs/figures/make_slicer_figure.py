@@ -41,7 +41,7 @@ def main(out: Path, model: str = "") -> Path:
     headless_scene()  # also puts RCSegNeXt/ on sys.path
     import slicer.util as su
     from RCSegNeXtCore.data.io import write_image
-    from RCSegNeXtCore.data.phantom import make_phantom_case
+    from RCSegNeXtCore.phantom import make_phantom_case
     from RCSegNeXtLib.logic import RCSegNeXtLogic
 
     logic = RCSegNeXtLogic()

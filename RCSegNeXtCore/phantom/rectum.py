@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from RCSegNeXtCore.data.phantom_anatomy import V_GRID, Anatomy
-from RCSegNeXtCore.data.phantom_render import Frame, paint, soft, tube_box, tube_coords
+from RCSegNeXtCore.phantom.anatomy import V_GRID, Anatomy
+from RCSegNeXtCore.phantom.render import Frame, paint, soft, tube_box, tube_coords
 
 
 def _window(x, half):

@@ -9,7 +9,7 @@ from typing import Tuple
 
 import numpy as np
 
-from RCSegNeXtCore.data.phantom_anatomy import V_GRID, Anatomy, Ellipsoid, Tube
+from RCSegNeXtCore.phantom.anatomy import V_GRID, Anatomy, Ellipsoid, Tube
 
 
 class Frame:

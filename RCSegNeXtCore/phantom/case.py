@@ -1,33 +1,17 @@
-"""Synthetic sagittal T2 pelvis phantom: the embedded default dataset for the demo and the tests.
-
-Each case imitates a sagittal T2 rectal MRI at the paper's Dataset A geometry (MIDL 2025: spacing ~[4.0, 0.875,
-0.875] mm, 18-24 slices of 320-512 px): sacrum and coccyx, a curved rectum with wall and lumen along them, an
-eccentric tumour (absent in ~10 % of cases), mesorectum, bladder, pubis, prostate or uterus, bowel loops, fat and
-muscle; then tissue texture, partial-volume blur across the thick left-right axis, a smooth coil bias field,
-slice-to-slice gain changes, occasional motion ghosts and Rician noise. Labels: 0 background, 1 rectum, 2 tumour.
-
-Sizes: `size="full"` (the paper's geometry, ~0.5 s per case) or `size="small"` (16 x 96 x 96 voxels at
-~[5.0, 2.5, 2.5] mm, ~30 ms per case, for fast tests and the CPU demo). `shape`/`spacing` override either.
-The surroundings are painted at half the in-plane resolution and upsampled; the rectum region at full resolution.
-"""
+"""One phantom case in memory: the sagittal grid, anatomy painted on it (anatomy, render, rectum) and the scanner's
+artefacts (partial volume, bias field, slice gains, ghosting, Rician noise)."""
 from __future__ import annotations
 
-import json
-import os
-from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from RCSegNeXtCore.data.io import Geometry, Image, write_image
-from RCSegNeXtCore.data.phantom_anatomy import V_GRID, sample_anatomy
-from RCSegNeXtCore.data.phantom_render import Frame, paint_body, paint_pelvic_organs, paint_spine, upsample2
-from RCSegNeXtCore.data.phantom_rectum import paint_rectum
+from RCSegNeXtCore.data.io import Geometry, Image
 from RCSegNeXtCore.errors import RCSegNeXtError
-from RCSegNeXtCore.plans import DEFAULT_CHANNELS, DEFAULT_LABELS
+from RCSegNeXtCore.phantom.anatomy import V_GRID, sample_anatomy
+from RCSegNeXtCore.phantom.render import Frame, paint_body, paint_pelvic_organs, paint_spine, upsample2
+from RCSegNeXtCore.phantom.rectum import paint_rectum
 
-CASE_PREFIX = "PHANTOM"
 TUMOUR_ABSENT_FRACTION = 0.1
 SIZES = ("full", "small")
 # sagittal base orientation: i (columns) -> posterior, j (rows) -> inferior, k (slices) -> right ("PIR" in LPS)
@@ -171,82 +155,3 @@ def make_phantom_case(rng: np.random.Generator, *, size: str = "full", shape: Op
     canvas *= 1.0 + rng.uniform(0.03, 0.07) * _smooth_field(rng, canvas.shape, 10.0)
     image = _apply_artefacts(rng, canvas, anatomy.signal["fat"])
     return Image(image, geometry), label
-
-
-def case_ids(num_cases: int) -> list[str]:
-    return [f"{CASE_PREFIX}_{i:03d}" for i in range(num_cases)]
-
-
-def _tumour_plan(seed: int, num_cases: int) -> list[bool]:
-    """Which cases have a tumour: ~10 % without (at least one from 5 cases on), chosen reproducibly."""
-    absent = int(round(TUMOUR_ABSENT_FRACTION * num_cases)) or (1 if num_cases >= 5 else 0)
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 2 ** 31 - 1]))
-    chosen = set(rng.choice(num_cases, size=absent, replace=False).tolist()) if absent else set()
-    return [i not in chosen for i in range(num_cases)]
-
-
-def _write_case(job) -> str:
-    out, index, seed, size, shape, spacing, tumour = job
-    rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
-    image, label = make_phantom_case(rng, size=size, shape=shape, spacing=spacing, tumour=tumour)
-    case_id = case_ids(index + 1)[index]
-    write_image(image.array.astype(np.int16), image.geometry, Path(out) / "imagesTr" / f"{case_id}_0000.nii.gz")
-    write_image(label, image.geometry, Path(out) / "labelsTr" / f"{case_id}.nii.gz")
-    return case_id
-
-
-def make_phantom_dataset(out_dir: str | os.PathLike, num_cases: int = 20, seed: int = 0, *, size: str = "full",
-                         shape: Optional[Sequence[int]] = None, spacing: Optional[Sequence[float]] = None,
-                         workers: int = 1, overwrite: bool = False, progress: bool = True) -> Path:
-    """Write `num_cases` phantom cases in nnU-Net v2 raw layout (imagesTr/, labelsTr/, dataset.json) to `out_dir`.
-
-    Case i depends only on (seed, i, size, shape, spacing) and on whether it has a tumour (~10 % of the cases,
-    chosen from the seed, have none). Calling again with the same arguments on a complete folder does nothing;
-    a non-empty folder holding anything else is refused unless `overwrite`. Returns the dataset folder.
-    """
-    from RCSegNeXtCore.data.dataset import write_dataset_json
-    from RCSegNeXtCore.progress import ProgressBar
-
-    if int(num_cases) < 1:
-        raise RCSegNeXtError(f"phantom: {num_cases} cases requested; ask for at least 1")
-    if size not in SIZES:
-        raise RCSegNeXtError(f"phantom size {size!r}: use one of {', '.join(SIZES)}")
-    out = Path(out_dir)
-    ids = case_ids(int(num_cases))
-    record = {"seed": int(seed), "num_cases": int(num_cases), "size": size,
-              "shape": None if shape is None else [int(s) for s in shape],
-              "spacing": None if spacing is None else [float(s) for s in spacing]}
-    files = [out / "imagesTr" / f"{c}_0000.nii.gz" for c in ids] + [out / "labelsTr" / f"{c}.nii.gz" for c in ids]
-    if (out / "dataset.json").is_file():
-        try:
-            existing = json.loads((out / "dataset.json").read_text(encoding="utf-8")).get("phantom")
-        except (ValueError, AttributeError):
-            existing = None
-        if existing == record and all(f.is_file() for f in files):
-            return out
-    if out.exists() and not out.is_dir():
-        raise RCSegNeXtError(f"phantom: output {out} is a file; give a folder to write the dataset into")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise RCSegNeXtError(f"phantom: output folder {out} is not empty and does not hold this phantom "
-                             f"({num_cases} cases, seed {seed}, size {size}); choose an empty folder or overwrite")
-    tumours = _tumour_plan(int(seed), int(num_cases))
-    jobs = [(str(out), i, int(seed), size, shape, spacing, tumours[i]) for i in range(int(num_cases))]
-    out.mkdir(parents=True, exist_ok=True)
-    with ProgressBar(len(jobs), "phantom", enabled=progress, unit="case") as bar:
-        if workers > 1:
-            with ProcessPoolExecutor(max_workers=int(workers)) as pool:
-                for _ in pool.map(_write_case, jobs):
-                    bar.update(1)
-        else:
-            for job in jobs:
-                _write_case(job)
-                bar.update(1)
-    for folder, suffix in (("imagesTr", "_0000.nii.gz"), ("labelsTr", ".nii.gz")):  # stale cases of a larger run
-        for stale in (out / folder).glob(f"{CASE_PREFIX}_[0-9][0-9][0-9]{suffix}"):
-            if stale.name[: len(CASE_PREFIX) + 4] not in ids:
-                stale.unlink()
-    write_dataset_json(out, labels=DEFAULT_LABELS, channel_names=DEFAULT_CHANNELS, file_ending=".nii.gz",
-                       num_training=int(num_cases), name="RCSegNeXtPhantom",
-                       description="Synthetic sagittal T2 pelvis (rectum 1, tumour 2) made by rcsegnext phantom",
-                       phantom=record)
-    return out
