@@ -1,5 +1,5 @@
 """Predictor and `rcsegnext predict`: exact input grid, restore path, folders (resumable, failures), progress JSON,
-`python -m RCSegNeXtCore.predict`, input warnings, --resize-to, and the real sagittal DICOM series."""
+`python -m RCSegNeXtCore predict`, input warnings, --resize-to, and the real sagittal DICOM series."""
 from __future__ import annotations
 
 import json
@@ -121,8 +121,8 @@ def test_folder_run_is_resumable_and_reports_every_failure(model_dir, tmp_path, 
 def test_python_dash_m_predict_with_progress_json(model_dir, tmp_path):
     write_image(_image().array, SAGITTAL, tmp_path / "case.nii.gz")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "RCSegNeXtCore.predict", "-i", str(tmp_path / "case.nii.gz"),
-                           "-o", str(tmp_path / "case.seg.nrrd"), "-m", str(model_dir), "--device", "cpu",
+    done = subprocess.run([sys.executable, "-m", "RCSegNeXtCore", "predict", "-i", str(tmp_path / "case.nii.gz"),
+                           "-o", str(tmp_path / "case.seg.nrrd"), "-m", str(model_dir), "--device", "cpu", "--threads", "1",
                            "--progress-json", "--save-probabilities"],
                           capture_output=True, text=True, encoding="utf-8", errors="replace", env=env, timeout=120)
     assert done.returncode == 0, done.stderr

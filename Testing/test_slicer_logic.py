@@ -177,7 +177,7 @@ def test_segment_real_sagittal_volume(scene, logic, tiny_model, real_data):
 
 
 def test_segment_through_subprocess_runner(scene, logic, tiny_model, phantom_file, expected_labels, tmp_path):
-    """The GUI path: write the volume, run `python -m RCSegNeXtCore.predict --progress-json` (this Python standing
+    """The GUI path: write the volume, run `python -m RCSegNeXtCore predict --progress-json` (this Python standing
     in for PythonSlicer), follow the progress, load the result: same segments as in-process."""
     from RCSegNeXtLib.runner import FinishedEvent, ProgressEvent, SubprocessRunner, build_predict_command
     volume = load_volume(phantom_file[0], "phantom T2 (subprocess)")

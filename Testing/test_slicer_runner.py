@@ -37,12 +37,12 @@ def test_predict_command_is_accepted_by_the_core_cli():
     from RCSegNeXtCore.cli import build_parser
     command = build_predict_command("/opt/Slicer/bin/PythonSlicer", "in.nrrd", "out.nrrd", "/models/m", "cuda",
                                     tta=True, folds=[0, 2])
-    assert command[:3] == ["/opt/Slicer/bin/PythonSlicer", "-m", "RCSegNeXtCore.predict"]
-    args = build_parser().parse_args(["predict", *command[3:]])
+    assert command[:4] == ["/opt/Slicer/bin/PythonSlicer", "-m", "RCSegNeXtCore", "predict"]
+    args = build_parser().parse_args(command[3:])
     assert (args.input, args.output, args.model, args.device) == ("in.nrrd", "out.nrrd", "/models/m", "cuda")
     from RCSegNeXtCore.inference.model_folder import parse_fold
     assert args.tta and [parse_fold(f) for f in args.folds] == [0, 2] and args.progress_json
-    plain = build_parser().parse_args(["predict", *build_predict_command("py", "i", "o", "m")[3:]])
+    plain = build_parser().parse_args(build_predict_command("py", "i", "o", "m")[3:])
     assert not plain.tta and plain.folds is None and plain.device == "auto"
 
 
@@ -175,7 +175,7 @@ def test_cancel_kills_the_whole_process_tree(ignore_term):
 
 
 def test_progress_json_lines_from_the_real_predict_module(tmp_path):
-    """The real `python -m RCSegNeXtCore.predict --progress-json` output parses into progress events: a bad input
+    """The real `python -m RCSegNeXtCore predict --progress-json` output parses into progress events: a bad input
     gives an 'error' line and a non-zero exit that the runner reports."""
     from RCSegNeXtCore.planning import make_plans_from_values
     from RCSegNeXtCore.inference.model_folder import init_model_folder

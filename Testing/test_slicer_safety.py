@@ -1,6 +1,6 @@
 """The radiologist's loop is safe: no lost corrections, no segmentation paired with another patient's volume, warnings
 reach the panel, no torch in Slicer's process, a guided first run, and a run controller that never leaks or lies.
-Real MRML (slicer-core, headless) and real subprocess runs of `python -m RCSegNeXtCore.predict`."""
+Real MRML (slicer-core, headless) and real subprocess runs of `python -m RCSegNeXtCore predict`."""
 from __future__ import annotations
 
 import subprocess
@@ -208,7 +208,7 @@ def test_subprocess_run_reports_warnings_progress_and_log_lines(scene, logic, sa
     assert any("trained on sagittal" in w for w in report.warnings)
     assert report.status.startswith("Done with 1 warning(s)")
     assert report.segmentation.GetAttribute(WARNINGS_ATTRIBUTE) == report.warnings[0]
-    assert any("RCSegNeXtCore.predict" in line for line in lines)        # the command, for the console
+    assert any("-m RCSegNeXtCore predict" in line for line in lines)    # the command, for the console
     assert any(line.startswith("warning:") for line in lines)            # the child's stderr reaches the console
     assert any(s.startswith("Segmenting: tile") for s in statuses), set(statuses)
     assert list(private_temp.iterdir()) == []                            # temp folder removed

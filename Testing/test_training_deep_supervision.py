@@ -2,7 +2,7 @@
 import torch
 
 from RCSegNeXtCore.checkpoint import load_checkpoint
-from RCSegNeXtCore.training.checkpointing import find_resume_checkpoint
+from RCSegNeXtCore.training.state import find_resume_checkpoint
 from RCSegNeXtCore.training.deep_supervision import DeepSupervision
 from RCSegNeXtCore.training.loss import DiceCELoss
 from RCSegNeXtCore.training.trainer import TrainConfig, Trainer

@@ -13,7 +13,7 @@ import torch
 
 from RCSegNeXtCore.checkpoint import load_checkpoint
 from RCSegNeXtCore.errors import ModelError
-from RCSegNeXtCore.training.checkpointing import load_training_checkpoint
+from RCSegNeXtCore.training.state import load_training_checkpoint
 from RCSegNeXtCore.training.trainer import PAUSE_ENV
 
 HELPER = Path(__file__).with_name("training_helpers.py")

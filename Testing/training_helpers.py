@@ -36,7 +36,7 @@ def tiny_cases(n=3, shape=(12, 40, 40), seed=0):
 
 def run(fold_dir: str, epochs: int, resume: bool = False, iterations: int = 3) -> None:
     import torch
-    from RCSegNeXtCore.training.checkpointing import find_resume_checkpoint
+    from RCSegNeXtCore.training.state import find_resume_checkpoint
     from RCSegNeXtCore.training.distributed import init_distributed, shutdown
     from RCSegNeXtCore.training.trainer import TrainConfig, Trainer
     torch.set_num_threads(1)

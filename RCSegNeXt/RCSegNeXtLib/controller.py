@@ -87,7 +87,7 @@ class ProgressText:
 
 
 class RunController:
-    """Runs `python -m RCSegNeXtCore.predict` for one volume and loads the result (see the module docstring)."""
+    """Runs `python -m RCSegNeXtCore predict` for one volume and loads the result (see the module docstring)."""
 
     def __init__(self, logic, python: Optional[str] = None, log: Optional[Callable[[str], None]] = None,
                  clock: Callable[[], float] = time.monotonic):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Deque, Dict, List, Optional, Sequence, Union
 
-PREDICT_MODULE = "RCSegNeXtCore.predict"
+PREDICT_MODULE = "RCSegNeXtCore"  # `python -m RCSegNeXtCore predict ...` = `rcsegnext predict ...`
 
 
 @dataclass
@@ -112,8 +112,8 @@ def core_search_path() -> str:
 def build_predict_command(python: str, input_path: str | os.PathLike, output_path: str | os.PathLike,
                           model_dir: str | os.PathLike, device: str = "auto", tta: bool = False,
                           folds: Optional[Sequence[int]] = None, module: str = PREDICT_MODULE) -> List[str]:
-    """`PythonSlicer -m RCSegNeXtCore.predict -i IN -o OUT -m MODEL --device D [--tta] [--folds ..] --progress-json`."""
-    command = [str(python), "-m", module, "-i", str(input_path), "-o", str(output_path), "-m", str(model_dir),
+    """`PythonSlicer -m RCSegNeXtCore predict -i IN -o OUT -m MODEL --device D [--tta] [--folds ..] --progress-json`."""
+    command = [str(python), "-m", module, "predict", "-i", str(input_path), "-o", str(output_path), "-m", str(model_dir),
                "--device", str(device)]
     if tta:
         command.append("--tta")

@@ -99,7 +99,7 @@ def train_one_fold(run_dir: str, cache_dir: str, fold, train_ids, val_ids, confi
     """Train one fold in this process (one rank under DDP): module-level so spawned workers can run it."""
     import torch
     from RCSegNeXtCore.plans import Plans
-    from RCSegNeXtCore.training.checkpointing import FINAL, find_resume_checkpoint
+    from RCSegNeXtCore.training.state import FINAL, find_resume_checkpoint
     from RCSegNeXtCore.training.distributed import init_distributed
     from RCSegNeXtCore.training.trainer import TrainConfig, Trainer
     config = TrainConfig(**config_dict)

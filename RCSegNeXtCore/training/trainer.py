@@ -21,7 +21,7 @@ import torch
 
 from RCSegNeXtCore.devices import set_cpu_threads
 from RCSegNeXtCore.progress import ProgressBar, format_seconds
-from RCSegNeXtCore.training import checkpointing as ckpt
+from RCSegNeXtCore.training import state as ckpt
 from RCSegNeXtCore.training.augment import AugmentConfig, Augmenter, context_size
 from RCSegNeXtCore.training.deep_supervision import DeepSupervision
 from RCSegNeXtCore.training.distributed import DistInfo, all_reduce_sum, barrier, gather_objects

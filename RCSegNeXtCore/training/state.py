@@ -1,4 +1,4 @@
-"""Training checkpoints: latest / best / final, with everything `--resume` needs to continue bit-identically.
+"""Training state: checkpoints latest / best / final with everything `--resume` needs to continue bit-identically.
 
 Written through `RCSegNeXtCore.checkpoint.save_checkpoint` (atomic: temp file + fsync + rename) and holding only
 tensors and primitives, so they load with `weights_only=True`: network, optimizer, scheduler, grad scaler, the
