@@ -26,3 +26,11 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (torch's run over many lines), or its type name when it is empty."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # without terminal colour codes
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def itk_reason(exc: BaseException) -> str:
+    """The informative part of an ITK exception (drops source paths, object addresses and errno noise)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [re.sub(r"^(ITK ERROR|sitk::ERROR): (\w+\(0x[0-9a-f]+\): )?", "", line) for line in lines
+              if not line.startswith(("Exception thrown", "Reason: No such file")) and not line.endswith(":")]
+    return useful[-1] if useful else "unknown reason"

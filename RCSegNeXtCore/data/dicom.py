@@ -18,8 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from RCSegNeXtCore.data.io import _itk_reason
-from RCSegNeXtCore.errors import ImageReadError
+from RCSegNeXtCore.errors import ImageReadError, itk_reason
 
 MAX_ANGLE_DEG = 1.0       # orientations further apart are another plane; one series agrees to ~1e-4 deg (6 decimals)
 MAX_GAP_DEVIATION = 0.10  # a gap off the median by > 10 % is a missing, doubled or mixed slice; gaps jitter ~1e-5 mm
@@ -271,7 +270,7 @@ def read_series(folder: str | Path) -> sitk.Image:
     try:
         image = reader.Execute()
     except RuntimeError as exc:
-        raise ImageReadError(f"{folder}: DICOM series cannot be read: {_itk_reason(exc)}") from None
+        raise ImageReadError(f"{folder}: DICOM series cannot be read: {itk_reason(exc)}") from None
     if image.GetDimension() == 3 and image.GetSize()[2] != len(info.slices):
         raise ImageReadError(f"{folder}: read {image.GetSize()[2]} slices from {len(info.slices)} DICOM files; "
                              "re-export the series")

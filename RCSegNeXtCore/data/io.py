@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,8 @@ import numpy as np
 import SimpleITK as sitk
 from zlib import error as zlib_error
 
-from RCSegNeXtCore.errors import ImageReadError
+from RCSegNeXtCore.data.dicom import read_series
+from RCSegNeXtCore.errors import ImageReadError, itk_reason
 from RCSegNeXtCore.files import atomic_path, split_extension  # noqa: F401 (split_extension re-exported)
 
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".seg.nrrd")
@@ -118,14 +118,6 @@ def array_to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
     return geometry.apply_to(sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=False))
 
 
-def _itk_reason(exc: Exception) -> str:
-    """The informative part of an ITK exception (drops source paths, object addresses and errno noise)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    useful = [re.sub(r"^(ITK ERROR|sitk::ERROR): (\w+\(0x[0-9a-f]+\): )?", "", line) for line in lines
-              if not line.startswith(("Exception thrown", "Reason: No such file")) and not line.endswith(":")]
-    return useful[-1] if useful else "unknown reason"
-
-
 _NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype code -> numpy float type
 
 
@@ -205,7 +197,6 @@ def read_sitk(path: str | os.PathLike) -> sitk.Image:
         raise ImageReadError(f"{path}: no such file or folder")
     non_finite = None
     if path.is_dir():
-        from RCSegNeXtCore.data.dicom import read_series  # imports this module: no cycle at load
         image = read_series(path)  # every file checked: no silently dropped slice, no multi-plane stack
     else:
         if path.stat().st_size == 0:
@@ -222,7 +213,7 @@ def read_sitk(path: str | os.PathLike) -> sitk.Image:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
             raise ImageReadError(f"{path}: cannot be read as an image (corrupt or truncated?): "
-                                 f"{_itk_reason(exc)}") from None
+                                 f"{itk_reason(exc)}") from None
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise ImageReadError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
                              "a scalar (grey-level) 3D image is needed")
@@ -258,7 +249,7 @@ def read_geometry(path: str | os.PathLike) -> Geometry:
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise ImageReadError(f"{path}: cannot read image header: {_itk_reason(exc)}") from None
+        raise ImageReadError(f"{path}: cannot read image header: {itk_reason(exc)}") from None
     size = reader.GetSize()
     if len(size) != 3:
         return Geometry.from_sitk(read_sitk(path))  # raises the dimensionality error
