@@ -83,8 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
     from RCSegNeXtCore.checkpoint import save_checkpoint
     from RCSegNeXtCore.errors import ModelError, first_line
-    from RCSegNeXtCore.files import atomic_write_json
-    from RCSegNeXtCore.inference.model_folder import default_dataset_json
+    from RCSegNeXtCore.inference.model_folder import write_model_description
     from RCSegNeXtCore.network.official import convert_official_state_dict, official_architecture
     from RCSegNeXtCore.plans import Plans
 
@@ -109,13 +108,8 @@ def run(args: argparse.Namespace) -> int:
     target = out / f"fold_{args.fold}" / "checkpoint_final.pt"
     if target.exists() and not args.overwrite:
         raise ModelError(f"{target} already exists; choose another folder or pass --overwrite")
-    dataset_json = json.loads(Path(args.dataset_json).read_text(encoding="utf-8")) if args.dataset_json else default_dataset_json(plans)
-    if {k: int(v) for k, v in dataset_json.get("labels", {}).items()} != dict(plans.labels):
-        raise ModelError(f"dataset.json labels {dataset_json.get('labels')} vs plans labels {plans.labels}: "
-                         "they must agree")
-    out.mkdir(parents=True, exist_ok=True)
-    plans.save(out / "plans.json")
-    atomic_write_json(out / "dataset.json", dataset_json)
+    dataset_json = json.loads(Path(args.dataset_json).read_text(encoding="utf-8")) if args.dataset_json else None
+    write_model_description(out, plans, dataset_json)
     save_checkpoint(target, network.state_dict(), plans.network_signature(),
                     imported_from=str(Path(args.checkpoint).name))
     print(f"imported {args.checkpoint} -> {target}")

@@ -136,6 +136,17 @@ class ModelFolder:
         return networks
 
 
+def write_model_description(out: Path, plans: Plans, dataset_json: Optional[Dict] = None) -> None:
+    """A model folder's plans.json and dataset.json (default: the plan's labels and channels), which must agree."""
+    dataset_json = dict(dataset_json or default_dataset_json(plans))
+    if {k: int(v) for k, v in dataset_json.get("labels", {}).items()} != dict(plans.labels):
+        raise ModelError(f"dataset.json labels {dataset_json.get('labels')} vs plans labels {plans.labels}: "
+                         "they must agree")
+    out.mkdir(parents=True, exist_ok=True)
+    plans.save(out / "plans.json")
+    atomic_write_json(out / "dataset.json", dataset_json)
+
+
 def init_model_folder(plans: Plans, out_dir: str | os.PathLike, dataset_json: Optional[Dict] = None,
                       folds: Sequence[Fold] = (0,), seed: int = 0, base_channels: Optional[int] = None,
                       overwrite: bool = False) -> Path:
@@ -145,13 +156,7 @@ def init_model_folder(plans: Plans, out_dir: str | os.PathLike, dataset_json: Op
         raise ModelError(f"{out}: already holds a model folder; choose another folder or delete it first")
     if base_channels is not None:
         plans = plans.with_overrides(base_channels=int(base_channels))
-    dataset_json = dict(dataset_json or default_dataset_json(plans))
-    if {k: int(v) for k, v in dataset_json.get("labels", {}).items()} != dict(plans.labels):
-        raise ModelError(f"dataset.json labels {dataset_json.get('labels')} vs plans labels {plans.labels}: "
-                         "they must agree")
-    out.mkdir(parents=True, exist_ok=True)
-    plans.save(out / "plans.json")
-    atomic_write_json(out / "dataset.json", dataset_json)
+    write_model_description(out, plans, dataset_json)
     for fold in map(parse_fold, folds):
         fold_seed = int(seed) + (fold if isinstance(fold, int) else 1000)  # fold_all: its own seed
         torch.manual_seed(fold_seed)

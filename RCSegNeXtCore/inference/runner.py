@@ -38,6 +38,7 @@ from RCSegNeXtCore.errors import ImageReadError, RCSegNeXtError, first_line
 from RCSegNeXtCore.inference.export import OUTPUT_FORMATS, output_format, write_prediction, write_probabilities
 from RCSegNeXtCore.progress import ProgressBar
 
+
 @dataclass
 class CaseInput:
     case_id: str
