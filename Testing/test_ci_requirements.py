@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from conftest import REQUIRE_ALL_ENV
 
 TESTING = Path(__file__).resolve().parent
@@ -62,6 +63,7 @@ def _outcomes(output: str) -> dict:
     return found
 
 
+@pytest.mark.slow
 def test_missing_requirements_skip_locally_and_fail_in_ci(tmp_path):
     for name, text in GENERATED.items():
         (tmp_path / name).write_text(textwrap.dedent(text), encoding="utf-8")

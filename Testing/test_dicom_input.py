@@ -195,6 +195,7 @@ def _study(series: Path, root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_study_folder_segments_the_model_plane_and_reports_the_rest(series, sagittal_model, tmp_path, capsys):
     study = _study(series, tmp_path / "study")
     out = tmp_path / "out"
@@ -217,6 +218,7 @@ def test_study_folder_segments_the_model_plane_and_reports_the_rest(series, sagi
     assert set(skipped) == {"ax_t2", "localizer"} and "not parallel" in skipped["localizer"]
 
 
+@pytest.mark.slow
 def test_study_folder_series_option_and_no_match(series, sagittal_model, tmp_path, capsys):
     study = _study(series, tmp_path / "study")
     out = tmp_path / "out"
@@ -235,6 +237,7 @@ def test_study_folder_series_option_and_no_match(series, sagittal_model, tmp_pat
     assert "no series matches --series 'dwi'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_study_folder_with_a_model_without_plane_segments_every_readable_series(series, tmp_path, capsys):
     model = _model(tmp_path / "NoPlane", None)
     study = _study(series, tmp_path / "study")
@@ -244,6 +247,7 @@ def test_study_folder_with_a_model_without_plane_segments_every_readable_series(
     assert "the model records no slice plane" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_sub_folders_from_different_studies_stay_a_batch(series, sagittal_model, tmp_path, capsys):
     root = tmp_path / "batch"
     root.mkdir()
@@ -256,6 +260,7 @@ def test_sub_folders_from_different_studies_stay_a_batch(series, sagittal_model,
 
 
 # -- item 10: a constant image; the slice plane recorded by plan / init-model --------------------------------
+@pytest.mark.slow
 def test_constant_image_is_refused_and_a_folder_run_continues(sagittal_model, tmp_path, capsys):
     geometry = Geometry((6, 40, 40), (3.6, 0.6, 0.6), (0, 0, 0), tuple(sitk.DICOMOrientImageFilter
                                                                        .GetDirectionCosinesFromOrientation("PIR")))

@@ -83,6 +83,7 @@ def test_fold_all_is_accepted_and_selected_by_name(tmp_path):
         both.select_folds(["last"])
 
 
+@pytest.mark.slow
 def test_predict_cli_folds_all(tmp_path):
     from RCSegNeXtCore.data.io import Geometry, read_geometry, write_image
     model = init_model_folder(tiny_plans(), tmp_path / "m", folds=(0, "all"))
@@ -151,6 +152,7 @@ def test_crafted_pickle_is_refused_and_never_runs(tmp_path):
     assert not marker.exists() and not (tmp_path / "imp").exists()
 
 
+@pytest.mark.slow
 def test_import_official_nnunet_checkpoint_reproduces_reference_output(tmp_path, capsys):
     ref = np.load(require_path(REFERENCE, "official reference state dict"))
     state = {k: torch.from_numpy(ref[k]) for k in ref.files if not k.startswith("__")}

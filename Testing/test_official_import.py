@@ -30,6 +30,7 @@ def test_reference_keys_match_the_tsv(official):
         {k: v.shape for k, v in official.items() if not k.startswith("__")}
 
 
+@pytest.mark.slow
 def test_importer_reproduces_the_official_output(official):
     network, arch = load_official_network(official)
     assert arch == {"kernels": DATASET_A[0], "strides": DATASET_A[1], "in_channels": 1, "num_classes": 3,

@@ -44,6 +44,7 @@ def _image(geometry=SAGITTAL, seed=0, zero_border=True) -> Image:
     return Image(array, geometry)
 
 
+@pytest.mark.slow
 def test_prediction_on_the_exact_input_grid(predictor):
     image = _image()
     prediction = predictor.predict(image, keep_probabilities=True)
@@ -118,6 +119,7 @@ def test_folder_run_is_resumable_and_reports_every_failure(model_dir, tmp_path, 
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+@pytest.mark.slow
 def test_python_dash_m_predict_with_progress_json(model_dir, tmp_path):
     write_image(_image().array, SAGITTAL, tmp_path / "case.nii.gz")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -174,6 +176,7 @@ def test_resize_to_keeps_the_extent_and_maps_back(model_dir):
     np.testing.assert_allclose(prediction.probabilities.sum(0), 1.0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_real_sagittal_dicom_series_gives_exactly_its_geometry(real_data, model_dir, tmp_path):
     series = require_path(real_data / "prostatex" / "ProstateX-0000" / "t2_tse_sag_dicom", "real DICOM series")
     assert cli(["predict", "-i", str(series), "-o", str(tmp_path / "sag.seg.nrrd"), "-m", str(model_dir),
@@ -196,6 +199,7 @@ def test_find_cases_names_and_channels(tmp_path):
     assert two["a"] == ["a_0000.nii.gz", "a_0001.nii.gz"]
 
 
+@pytest.mark.slow
 def test_real_folder_of_dicom_series_with_a_bad_one(real_data, model_dir, tmp_path):
     series = require_path(real_data / "prostatex" / "ProstateX-0000" / "t2_tse_sag_dicom", "real DICOM series")
     cases = tmp_path / "series"

@@ -226,6 +226,7 @@ def test_cache_writes_loads_resumes_and_refuses_a_changed_plan(tmp_path):
         load_preprocessed_case(out, "case9")
 
 
+@pytest.mark.slow
 def test_cache_in_parallel_gives_the_same_arrays(tmp_path):
     root = _write_dataset(tmp_path / "raw", num_cases=2)
     plans = _plans((3.0, 1.0, 1.0))

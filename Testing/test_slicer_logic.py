@@ -176,6 +176,7 @@ def test_segment_real_sagittal_volume(scene, logic, tiny_model, real_data):
     assert mask(node, "Rectum", volume).shape == (19, 320, 320)
 
 
+@pytest.mark.slow
 def test_segment_through_subprocess_runner(scene, logic, tiny_model, phantom_file, expected_labels, tmp_path):
     """The GUI path: write the volume, run `python -m RCSegNeXtCore predict --progress-json` (this Python standing
     in for PythonSlicer), follow the progress, load the result: same segments as in-process."""

@@ -174,6 +174,7 @@ def test_cancel_kills_the_whole_process_tree(ignore_term):
     assert not runner.running
 
 
+@pytest.mark.slow
 def test_progress_json_lines_from_the_real_predict_module(tmp_path):
     """The real `python -m RCSegNeXtCore predict --progress-json` output parses into progress events: a bad input
     gives an 'error' line and a non-zero exit that the runner reports."""

@@ -190,6 +190,7 @@ def test_in_process_warnings_are_returned_and_recorded(scene, logic, sagittal_mo
     assert any("trained on sagittal" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_subprocess_run_reports_warnings_progress_and_log_lines(scene, logic, sagittal_model, private_temp):
     from RCSegNeXtLib.controller import DONE, RunController
     from RCSegNeXtLib.logic import WARNINGS_ATTRIBUTE
@@ -215,6 +216,7 @@ def test_subprocess_run_reports_warnings_progress_and_log_lines(scene, logic, sa
 
 
 # -- 4. no torch in Slicer's process -----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_panel_code_paths_do_not_import_torch(tiny_model):
     """What the panel does before a run (readiness, models, device line, guidance) leaves torch unimported; the GPU
     is probed in a child process."""
@@ -270,6 +272,7 @@ def test_no_model_explains_where_models_come_from(scene, tmp_path):
 
 
 # -- 6. the run lifecycle never lies or leaks -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_run_that_finished_before_cancel_is_kept(scene, logic, tiny_model, private_temp):
     from RCSegNeXtLib.controller import DONE, RunController
     vol = volume("finished early", shape=(16, 32, 32))

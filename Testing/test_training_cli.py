@@ -36,6 +36,7 @@ def _script(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600)
 
 
+@pytest.mark.slow
 def test_train_script_then_predict(phantom, tmp_path):
     run = tmp_path / "run"
     result = _script(str(phantom), "-o", str(run), "--fold", "0", "--num-folds", "3", *TINY, cwd=tmp_path)

@@ -5,11 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from RCSegNeXtCore.checkpoint import load_checkpoint
 
 HELPER = Path(__file__).with_name("training_helpers.py")
+pytestmark = pytest.mark.slow   # torchrun starts 2 processes, twice
 
 
 def _torchrun(fold_dir: Path, epochs: int, *extra: str) -> subprocess.CompletedProcess:

@@ -17,6 +17,7 @@ from RCSegNeXtCore.training.state import load_training_checkpoint
 from RCSegNeXtCore.training.trainer import PAUSE_ENV
 
 HELPER = Path(__file__).with_name("training_helpers.py")
+pytestmark = pytest.mark.slow   # every test trains in a subprocess
 
 
 def _run(fold_dir: Path, epochs: int, *extra: str, env=None) -> subprocess.CompletedProcess:
