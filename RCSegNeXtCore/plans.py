@@ -34,6 +34,11 @@ class Architecture:
     iso_block: str = "isonext"
     deep_supervision: bool = False
 
+    def network_kwargs(self) -> Dict[str, Any]:
+        """The keyword arguments of `network.build_network(kernels, strides, **...)`: the one place an Architecture
+        becomes a network (plans, the network summary and the official-checkpoint import use it)."""
+        return {k: v for k, v in asdict(self).items() if k != "deep_supervision"}
+
 
 @dataclass
 class Plans:
@@ -74,10 +79,7 @@ class Plans:
     def build_network(self):
         """The torch module this plan describes (random weights)."""
         from RCSegNeXtCore.network import build_network
-        a = self.architecture
-        return build_network(self.kernels, self.strides, in_channels=a.in_channels, num_classes=a.num_classes,
-                             base_channels=a.base_channels, scale=a.scale, expansion=a.expansion,
-                             aniso_block=a.aniso_block, iso_block=a.iso_block)
+        return build_network(self.kernels, self.strides, **self.architecture.network_kwargs())
 
     def network_signature(self) -> Dict[str, Any]:
         """What a checkpoint must match to load into this plan's network."""

@@ -90,10 +90,7 @@ def run(args: argparse.Namespace) -> int:
     plans = Plans.load(args.plans)
     state = read_official_state_dict(args.checkpoint)
     arch = official_architecture(state)
-    ours = {"in_channels": plans.architecture.in_channels, "num_classes": plans.architecture.num_classes,
-            "base_channels": plans.architecture.base_channels, "scale": plans.architecture.scale,
-            "expansion": plans.architecture.expansion, "aniso_block": plans.architecture.aniso_block,
-            "iso_block": plans.architecture.iso_block}
+    ours = plans.architecture.network_kwargs()
     diffs = [f"{k}: checkpoint {arch[k]!r}, plan {v!r}" for k, v in ours.items() if arch[k] != v]
     if diffs:
         raise ModelError(f"{args.checkpoint} does not fit {args.plans}: " + "; ".join(diffs)

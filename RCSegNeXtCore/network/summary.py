@@ -5,7 +5,7 @@ network, so a full-size patch costs no memory and no compute time.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, List, Optional, Sequence
 
 import torch
@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from RCSegNeXtCore.network.counting import count_parameters, unused_official_parameters
 from RCSegNeXtCore.network.rcsegnext import RCSegNeXt, build_network
+from RCSegNeXtCore.plans import Architecture
 
 
 @dataclass
@@ -85,16 +86,11 @@ def summarize_network(plans_or_kernels: Any, strides: Optional[Sequence[Sequence
     (+ build_network keyword arguments and a patch size)."""
     if hasattr(plans_or_kernels, "kernels"):
         plans = plans_or_kernels
-        kernels, strides = plans.kernels, plans.strides
-        a = plans.architecture
-        arch = dict(in_channels=a.in_channels, num_classes=a.num_classes, base_channels=a.base_channels,
-                    scale=a.scale, expansion=a.expansion, aniso_block=a.aniso_block, iso_block=a.iso_block)
+        kernels, strides, base = plans.kernels, plans.strides, plans.architecture
         patch_size = patch_size or plans.patch_size
     else:
-        kernels = plans_or_kernels
-        arch = dict(in_channels=1, num_classes=3, base_channels=32, scale=4, expansion=2, aniso_block="aninext",
-                    iso_block="isonext")
-    arch.update({k: v for k, v in architecture.items() if v is not None})
+        kernels, base = plans_or_kernels, Architecture()        # the defaults are Architecture's
+    arch = replace(base, **{k: v for k, v in architecture.items() if v is not None}).network_kwargs()
     if patch_size is None or strides is None:
         raise ValueError("summarize_network needs strides and a patch size")
     patch = [int(p) for p in patch_size]
