@@ -19,6 +19,7 @@ import torch
 
 from RCSegNeXtCore.errors import ModelError, first_line
 from RCSegNeXtCore.files import atomic_open
+from RCSegNeXtCore.plans import current_signature
 
 CHECKPOINT_FORMAT = "rcsegnext-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -57,6 +58,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                          "to use weights of the official implementation run `rcsegnext import-official`")
     if data.get("format_version") != CHECKPOINT_FORMAT_VERSION:
         raise ModelError(f"{path}: checkpoint format version {data.get('format_version')} is not supported")
+    if isinstance(data.get("network_signature"), dict):
+        data["network_signature"] = current_signature(data["network_signature"])   # as an older version wrote it
     return data
 
 
@@ -73,8 +76,6 @@ def _diff(found: Any, expected: Any, prefix: str = "") -> list[str]:
     if isinstance(found, dict) and isinstance(expected, dict):
         out = []
         for key in sorted(set(found) | set(expected)):
-            if key == "deep_supervision":  # does not change the weights used at inference
-                continue
             out += _diff(found.get(key), expected.get(key), f"{prefix}{key}.")
         return out
     if found != expected:

@@ -2,6 +2,10 @@
 
 A model folder's plans.json is all inference needs. Training writes every override (e.g. a narrower width) into the
 run's own copy. Spacing, shapes and patch sizes are in (z, y, x) order.
+
+Training options are not part of a plan (they are `training.config.TrainingConfig`); plans.json files written by
+0.1.0 kept `deep_supervision` under "architecture": on load it is taken out of the architecture and kept in
+`Plans.legacy_training` (never written back), so a run folder trained with it keeps it (training/pipeline.py).
 """
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from RCSegNeXtCore.errors import PlanError
 from RCSegNeXtCore.files import atomic_write_json
@@ -19,6 +23,8 @@ PLANS_FORMAT_VERSION = 1
 # the model's classes and its one input channel, unless a dataset.json says otherwise
 DEFAULT_LABELS: Dict[str, int] = {"background": 0, "rectum": 1, "tumour": 2}
 DEFAULT_CHANNELS: Dict[str, str] = {"0": "T2"}
+# training options that plans.json files (and checkpoint signatures) of 0.1.0 held under "architecture"
+LEGACY_TRAINING_KEYS = ("deep_supervision",)
 
 
 @dataclass
@@ -32,12 +38,27 @@ class Architecture:
     expansion: int = 2
     aniso_block: str = "aninext"
     iso_block: str = "isonext"
-    deep_supervision: bool = False
 
     def network_kwargs(self) -> Dict[str, Any]:
         """The keyword arguments of `network.build_network(kernels, strides, **...)`: the one place an Architecture
         becomes a network (plans, the network summary and the official-checkpoint import use it)."""
-        return {k: v for k, v in asdict(self).items() if k != "deep_supervision"}
+        return asdict(self)
+
+
+def split_legacy_training(architecture: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """An "architecture" object as any version wrote it -> (the Architecture fields, the training options an
+    older version kept among them, e.g. {"deep_supervision": True})."""
+    current = {k: v for k, v in architecture.items() if k not in LEGACY_TRAINING_KEYS}
+    return current, {k: architecture[k] for k in LEGACY_TRAINING_KEYS if k in architecture}
+
+
+def current_signature(signature: Dict[str, Any]) -> Dict[str, Any]:
+    """A network signature as a checkpoint of any version stored it, in today's terms (training options out of its
+    architecture: they never changed the weights)."""
+    architecture = signature.get("architecture")
+    if not isinstance(architecture, dict):
+        return signature
+    return {**signature, "architecture": split_legacy_training(architecture)[0]}
 
 
 @dataclass
@@ -66,6 +87,8 @@ class Plans:
     dataset_name: str = ""
     num_training_cases: Optional[int] = None
     format_version: int = PLANS_FORMAT_VERSION
+    # read from a 0.1.0 file's architecture (LEGACY_TRAINING_KEYS), never written; training/pipeline.py honours it
+    legacy_training: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     # -- derived -----------------------------------------------------------------------------------------------
     @property
@@ -100,6 +123,7 @@ class Plans:
     def to_dict(self) -> Dict[str, Any]:
         from RCSegNeXtCore import __version__
         data = asdict(self)
+        del data["legacy_training"]
         data["software_version"] = __version__
         return data
 
@@ -115,9 +139,12 @@ class Plans:
         missing = [n for n in ("target_spacing", "patch_size", "kernels", "strides") if n not in data]
         if missing:
             raise PlanError(f"{source}: missing required field(s) {', '.join(missing)}")
-        values = {k: v for k, v in data.items() if k in known}
+        values = {k: v for k, v in data.items() if k in known and k != "legacy_training"}
+        if not isinstance(data.get("architecture", {}), dict):
+            raise PlanError(f"{source}: 'architecture' must be a JSON object")
+        architecture, values["legacy_training"] = split_legacy_training(data.get("architecture", {}))
         try:
-            values["architecture"] = Architecture(**data.get("architecture", {}))
+            values["architecture"] = Architecture(**architecture)
         except TypeError as exc:
             raise PlanError(f"{source}: invalid 'architecture': {exc}") from None
         plans = cls(**values)

@@ -8,7 +8,7 @@ import torch
 from RCSegNeXtCore.checkpoint import check_signature, load_checkpoint, load_network_weights, save_checkpoint
 from RCSegNeXtCore.errors import ModelError
 
-SIGNATURE = {"kernels": [[1, 3, 3]], "strides": [], "architecture": {"base_channels": 4, "deep_supervision": False}}
+SIGNATURE = {"kernels": [[1, 3, 3]], "strides": [], "architecture": {"base_channels": 4}}
 
 
 def test_round_trip_keeps_tensors_and_extras(tmp_path):
@@ -24,10 +24,21 @@ def test_round_trip_keeps_tensors_and_extras(tmp_path):
 
 def test_signature_mismatch_names_the_difference(tmp_path):
     data = load_checkpoint(save_checkpoint(tmp_path / "c.pt", {}, SIGNATURE))
-    other = {**SIGNATURE, "architecture": {"base_channels": 8, "deep_supervision": True}}
+    other = {**SIGNATURE, "architecture": {"base_channels": 8}}
     with pytest.raises(ModelError, match=r"architecture.base_channels: checkpoint 4, plan 8"):
         check_signature(data, other)
-    check_signature(data, {**SIGNATURE, "architecture": {"base_channels": 4, "deep_supervision": True}})
+    with pytest.raises(ModelError, match=r"architecture.scale: checkpoint None, plan 4"):
+        check_signature(data, {**SIGNATURE, "architecture": {"base_channels": 4, "scale": 4}})
+
+
+def test_signature_of_0_1_0_with_deep_supervision_loads(tmp_path):
+    """0.1.0 kept the training option deep_supervision in the signature's architecture; it never changed the
+    weights, so such a checkpoint (either value) loads against today's signature, which has no such key."""
+    for value in (False, True):
+        old = {**SIGNATURE, "architecture": {"base_channels": 4, "deep_supervision": value}}
+        data = load_checkpoint(save_checkpoint(tmp_path / "old.pt", {}, old))
+        assert data["network_signature"] == SIGNATURE
+        check_signature(data, SIGNATURE)
 
 
 def test_weights_that_do_not_fit_the_network_are_refused(tmp_path):

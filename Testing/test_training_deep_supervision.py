@@ -1,16 +1,21 @@
 """Optional deep supervision: extra heads are trained and checkpointed beside the network, whose keys stay the same."""
+from dataclasses import replace
+
+import pytest
 import torch
 
 from RCSegNeXtCore.checkpoint import load_checkpoint
+from RCSegNeXtCore.errors import ModelError
 from RCSegNeXtCore.training.state import find_resume_checkpoint
 from RCSegNeXtCore.training.deep_supervision import DeepSupervision
 from RCSegNeXtCore.training.loss import DiceCELoss
-from RCSegNeXtCore.training.trainer import TrainConfig, Trainer
+from RCSegNeXtCore.training.config import TrainingConfig
+from RCSegNeXtCore.training.trainer import Trainer
 from training_helpers import tiny_cases, tiny_plans
 
 
 def test_heads_give_one_output_per_decoder_stage_and_all_get_gradients():
-    plans = tiny_plans().with_overrides(deep_supervision=True)
+    plans = tiny_plans()
     wrapped = DeepSupervision(plans.build_network(), plans.num_classes)
     x = torch.randn(2, 1, 8, 32, 32)
     outputs = wrapped(x)
@@ -22,10 +27,10 @@ def test_heads_give_one_output_per_decoder_stage_and_all_get_gradients():
 
 
 def test_training_with_deep_supervision_saves_heads_and_resumes(tmp_path):
-    plans = tiny_plans().with_overrides(deep_supervision=True)
+    plans = tiny_plans()
     cases = tiny_cases()
-    config = TrainConfig(epochs=2, iterations_per_epoch=2, val_iterations=1, device="cpu", deterministic=True,
-                         num_workers=1, progress=False, threads=1)
+    config = TrainingConfig(epochs=2, iterations_per_epoch=2, val_iterations=1, device="cpu", deterministic=True,
+                            num_workers=1, progress=False, threads=1, deep_supervision=True)
     trainer = Trainer(plans, cases[:2], cases[2:], tmp_path, config)
     heads_before = [h.weight.clone() for h in trainer.ds.heads]
     trainer.fit()
@@ -38,3 +43,7 @@ def test_training_with_deep_supervision_saves_heads_and_resumes(tmp_path):
     again.resume(find_resume_checkpoint(tmp_path))
     for a, b in zip(again.ds.heads.parameters(), trainer.ds.heads.parameters()):
         assert torch.equal(a, b)
+    # the heads are part of the training state: resuming without them (or them without heads) is refused
+    without = Trainer(plans, cases[:2], cases[2:], tmp_path, replace(config, deep_supervision=False))
+    with pytest.raises(ModelError, match="trained with deep supervision"):
+        without.resume(find_resume_checkpoint(tmp_path))

@@ -186,7 +186,7 @@ def test_demo_with_a_time_budget_runs_end_to_end(tmp_path):
     result = _subprocess("demo", "--out", str(out), "--minutes", "0.05", "--cases", "5", timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "demo finished in" in result.stdout
-    config = json.loads((out / "run" / "demo_training.json").read_text())
+    config = json.loads((out / "run" / "training_config.json").read_text())
     assert config["max_seconds"] == pytest.approx(3.0)
     history = json.loads((out / "run" / "fold_0" / "metrics.json").read_text())
     assert 1 <= len(history) < 40

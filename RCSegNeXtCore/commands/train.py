@@ -51,40 +51,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--skip-memory-check", action="store_true", help="do not estimate CPU memory first")
 
 
-def config_from_args(args: argparse.Namespace, device: str) -> dict:
-    from dataclasses import asdict
-    from RCSegNeXtCore.training.trainer import TrainConfig
-    return asdict(TrainConfig(epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
-                              val_iterations=args.val_iterations, lr=args.lr, seed=args.seed,
-                              deterministic=args.deterministic, device=device, amp=not args.no_amp,
-                              num_workers=0 if args.deterministic else args.num_workers,
-                              augment=not args.no_augmentation, threads=args.threads))
+def config_from_args(args: argparse.Namespace):
+    """The TrainingConfig this command line asks for (every option lands in one field)."""
+    from RCSegNeXtCore.training.config import TrainingConfig
+    from RCSegNeXtCore.training.splits import parse_fold
+    return TrainingConfig(
+        dataset=args.dataset, output=args.output, folds=[parse_fold(f) for f in args.folds or [args.fold]],
+        num_folds=args.num_folds,
+        splits=args.splits, plans_file=args.plans, preprocessed=args.preprocessed,
+        target_spacing=args.target_spacing, batch_size=args.batch_size, patch_size=args.patch_size,
+        base_channels=args.base_channels, scale=args.scale, expansion=args.expansion, aniso_block=args.aniso_block,
+        iso_block=args.iso_block,
+        epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, val_iterations=args.val_iterations,
+        lr=args.lr, seed=args.seed, deterministic=args.deterministic, augment=not args.no_augmentation,
+        amp=not args.no_amp, deep_supervision=args.deep_supervision,
+        device=args.device, gpus=args.gpus, num_workers=args.num_workers, threads=args.threads, resume=args.resume,
+        validate=not args.no_validation, check_memory=not args.skip_memory_check)
 
 
 def run(args: argparse.Namespace) -> int:
-    from RCSegNeXtCore.devices import resolve_device
-    from RCSegNeXtCore.errors import RCSegNeXtError
-    from RCSegNeXtCore.training.distributed import barrier, init_distributed
-    from RCSegNeXtCore.training.memory import check_fits
-    from RCSegNeXtCore.training.pipeline import prepare_run, run_training
-
-    device = str(resolve_device(args.device, allow_mps=True))
-    if args.gpus < 1:
-        raise RCSegNeXtError(f"--gpus must be >= 1, got {args.gpus}")
-    def check_memory(plans) -> None:
-        if args.skip_memory_check:
-            return
-        estimate = check_fits(plans, plans.batch_size, plans.patch_size, device)  # all CPU ranks share the RAM
-        if estimate is not None:
-            print(f"memory estimate: {estimate.gib:.1f} GiB for batch {plans.batch_size} x patch "
-                  f"{plans.patch_size} on CPU", flush=True)
-
-    dist = init_distributed(device)          # under torchrun: rank 0 prepares, the others wait
-    if dist.is_main:
-        setup = prepare_run(args, check_memory)
-    barrier(dist)
-    if not dist.is_main:
-        setup = prepare_run(args)            # finds the cache and plans rank 0 wrote
-    run_training(setup, config_from_args(args, device), args.resume, args.gpus,
-                 validate=not args.no_validation)
+    from RCSegNeXtCore.training.pipeline import train
+    train(config_from_args(args))
     return 0

@@ -1,21 +1,25 @@
 """`rcsegnext train`: raw dataset -> plan -> preprocess cache -> split -> train fold(s) -> validate -> report.
 
-The run folder is a self-describing model folder: plans.json (with every override), dataset.json,
-splits_final.json, fold_K/ (checkpoints, log.txt, metrics.json/csv, progress.png, validation/). The preprocessed
-cache goes to RUN/preprocessed unless --preprocessed names another folder (reused when present; a cache made with
-different preprocessing is refused).
+`train(config)` runs a `TrainingConfig` (training/config.py) end to end; `prepare_run` and `run_training` are its two
+halves (the demo prints the plan between them). The run folder is a self-describing model folder: plans.json (with
+every override), dataset.json, splits_final.json, training_config.json (the configuration the latest `train` ran
+with), fold_K/ (checkpoints, log.txt, metrics.json/csv, progress.png, validation/). The preprocessed cache goes to
+RUN/preprocessed unless `config.preprocessed` names another folder (reused when present; a cache made with different
+preprocessing is refused).
+
+Deep supervision stays on in a run folder trained with it (its heads are part of the training state): when the run
+folder's training_config.json says so or, for a run of 0.1.0, its plans.json's architecture did.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from RCSegNeXtCore.errors import ModelError, RCSegNeXtError
 from RCSegNeXtCore.files import atomic_write_json
 from RCSegNeXtCore.training import splits as split_io
-
-ARCH_OPTIONS = ("base_channels", "scale", "expansion", "aniso_block", "iso_block")
+from RCSegNeXtCore.training.config import TrainingConfig, load_training_config, save_training_config
 
 
 @dataclass
@@ -24,30 +28,52 @@ class RunSetup:
     cache_dir: Path
     plans: Any
     dataset: Any
-    folds: List[Any]
     splits: Optional[List[Dict[str, List[str]]]]
+    config: TrainingConfig             # as the folds train it: device resolved, folds parsed, deep supervision kept
 
 
-def plan_for_run(args, dataset, run_dir: Path):
-    """The run's plans: RUN/plans.json of an earlier run, --plans, or planned from the dataset; then overrides."""
+def train(config: TrainingConfig) -> List[Dict]:
+    """Prepare the run folder, train every fold of `config.folds` in turn, validate each. Under torchrun rank 0
+    prepares the run folder and the other ranks then read what it wrote."""
+    from RCSegNeXtCore.training.distributed import barrier, init_distributed
+    config = with_device(config)
+    if config.gpus < 1:
+        raise RCSegNeXtError(f"--gpus must be >= 1, got {config.gpus}")
+    dist = init_distributed(config.device)
+    if dist.is_main:
+        setup = prepare_run(config)
+    barrier(dist)
+    if not dist.is_main:
+        setup = prepare_run(config, main=False)
+    return run_training(setup)
+
+
+def with_device(config: TrainingConfig) -> TrainingConfig:
+    """`config` with its device resolved ("auto" -> cuda / mps / cpu)."""
+    from RCSegNeXtCore.devices import resolve_device
+    return replace(config, device=str(resolve_device(config.device, allow_mps=True)))
+
+
+def plan_for_run(config: TrainingConfig, dataset, run_dir: Path):
+    """The run's plans: RUN/plans.json of an earlier run, `config.plans_file`, or planned from the dataset; then the
+    configuration's overrides (architecture fields, batch size, spacing, patch size)."""
     from RCSegNeXtCore.planning import plan_for_patch
-    from RCSegNeXtCore.plans import Plans
-    if args.plans:
-        plans = Plans.load(args.plans)
+    from RCSegNeXtCore.plans import Architecture, Plans
+    if config.plans_file:
+        plans = Plans.load(config.plans_file)
     elif (run_dir / "plans.json").is_file():
         plans = Plans.load(run_dir / "plans.json")
     else:
         from RCSegNeXtCore.data.fingerprint import compute_fingerprint
         from RCSegNeXtCore.planning import make_plans
-        fingerprint = compute_fingerprint(dataset, workers=max(1, args.num_workers))
-        plans = make_plans(fingerprint, dataset, target_spacing=args.target_spacing)
-    overrides: Dict[str, Any] = {k: getattr(args, k, None) for k in ARCH_OPTIONS}
-    overrides["batch_size"] = args.batch_size
-    if args.deep_supervision:
-        overrides["deep_supervision"] = True
-    if args.target_spacing and list(map(float, args.target_spacing)) != list(plans.target_spacing):
-        overrides["target_spacing"] = [float(v) for v in args.target_spacing]
-    patch = args.patch_size or (plans.patch_size if "target_spacing" in overrides else None)
+        fingerprint = compute_fingerprint(dataset, workers=max(1, config.num_workers))
+        plans = make_plans(fingerprint, dataset, target_spacing=config.target_spacing)
+    overrides: Dict[str, Any] = {f.name: getattr(config, f.name) for f in fields(Architecture)
+                                 if hasattr(config, f.name)}
+    overrides["batch_size"] = config.batch_size
+    if config.target_spacing and list(map(float, config.target_spacing)) != list(plans.target_spacing):
+        overrides["target_spacing"] = [float(v) for v in config.target_spacing]
+    patch = config.patch_size or (plans.patch_size if "target_spacing" in overrides else None)
     if patch:
         spacing = overrides.get("target_spacing", plans.target_spacing)
         kernels, strides = plan_for_patch(spacing, list(patch), num_pooling=len(plans.strides))
@@ -55,32 +81,61 @@ def plan_for_run(args, dataset, run_dir: Path):
     return plans.with_overrides(**overrides)
 
 
-def prepare_run(args, check=None) -> RunSetup:
-    """Plan, preprocess (rank 0 only under torchrun), split and write the run folder's shared files."""
+def resolved_config(config: TrainingConfig, run_dir: Path, plans) -> TrainingConfig:
+    """`config` as this run trains it: device resolved, folds parsed, and deep supervision kept on in a run folder
+    trained with it (recorded in its training_config.json, or in the architecture of a 0.1.0 plans.json)."""
+    recorded = load_training_config(run_dir)
+    earlier = bool(recorded is not None and recorded.deep_supervision) or \
+        bool(plans.legacy_training.get("deep_supervision", False))
+    return replace(with_device(config), folds=[split_io.parse_fold(f) for f in config.folds],
+                   deep_supervision=config.deep_supervision or earlier)
+
+
+def check_memory(plans, device: str) -> None:
+    """The CPU memory estimate (raises OutOfMemoryPlan with a proposal when the configuration does not fit)."""
+    from RCSegNeXtCore.training.memory import check_fits
+    estimate = check_fits(plans, plans.batch_size, plans.patch_size, device)  # all CPU ranks share the RAM
+    if estimate is not None:
+        print(f"memory estimate: {estimate.gib:.1f} GiB for batch {plans.batch_size} x patch "
+              f"{plans.patch_size} on CPU", flush=True)
+
+
+def splits_for_run(config: TrainingConfig, case_ids: List[str], run_dir: Path):
+    """RUN/splits_final.json: `config.splits` copied, an earlier one, or a new one of `config.num_folds` folds."""
+    split_path = run_dir / "splits_final.json"
+    if config.splits:
+        split_io.save_splits(split_io.load_splits(config.splits, case_ids), split_path)
+    if any(f != "all" for f in config.folds):
+        return split_io.get_or_create_splits(split_path, case_ids, config.num_folds)
+    if split_path.is_file():
+        return split_io.load_splits(split_path, case_ids)
+    return None
+
+
+def prepare_run(config: TrainingConfig, main: bool = True) -> RunSetup:
+    """Plan, preprocess, split and write the run folder's shared files. `main` (rank 0 under torchrun) also checks
+    the memory (config.check_memory) and records the configuration in RUN/training_config.json."""
     from RCSegNeXtCore.data.cache import preprocess_dataset
     from RCSegNeXtCore.data.dataset import load_dataset
-    dataset = load_dataset(args.dataset)
-    run_dir = Path(args.output)
+    if not config.dataset or not config.output:
+        raise RCSegNeXtError("training needs a dataset folder and an output (run) folder")
+    dataset = load_dataset(config.dataset)
+    run_dir = Path(config.output)
     run_dir.mkdir(parents=True, exist_ok=True)
-    plans = plan_for_run(args, dataset, run_dir)
-    if check is not None:
-        check(plans)                          # e.g. the CPU memory estimate, before any slow work
-    folds = [split_io.parse_fold(f) for f in (args.folds or [args.fold])]
-    case_ids = [c.case_id for c in dataset.cases]
-    splits = None
-    split_path = run_dir / "splits_final.json"
-    if args.splits:
-        user = split_io.load_splits(args.splits, case_ids)
-        split_io.save_splits(user, split_path)
-    if any(f != "all" for f in folds):
-        splits = split_io.get_or_create_splits(split_path, case_ids, args.num_folds)
-    elif split_path.is_file():
-        splits = split_io.load_splits(split_path, case_ids)
-    cache_dir = Path(args.preprocessed) if args.preprocessed else run_dir / "preprocessed"
-    preprocess_dataset(dataset, plans, cache_dir, workers=max(1, args.num_workers), progress=True)
+    plans = plan_for_run(config, dataset, run_dir)
+    requested, config = config, resolved_config(config, run_dir, plans)
+    if main and config.deep_supervision and not requested.deep_supervision:
+        print(f"deep supervision stays on: {run_dir} was trained with it", flush=True)
+    if main and config.check_memory:
+        check_memory(plans, config.device)                # before any slow work
+    splits = splits_for_run(config, [c.case_id for c in dataset.cases], run_dir)
+    cache_dir = Path(config.preprocessed) if config.preprocessed else run_dir / "preprocessed"
+    preprocess_dataset(dataset, plans, cache_dir, workers=max(1, config.num_workers), progress=config.progress)
+    if main:
+        save_training_config(config, run_dir)             # before plans.json loses a 0.1.0 file's training options
     plans.save(run_dir / "plans.json")
     atomic_write_json(run_dir / "dataset.json", dataset.dataset_json)
-    return RunSetup(run_dir, cache_dir, plans, dataset, folds, splits)
+    return RunSetup(run_dir, cache_dir, plans, dataset, splits, config)
 
 
 def load_cases(cache_dir: Path, case_ids):
@@ -95,27 +150,34 @@ def load_cases(cache_dir: Path, case_ids):
     return cases
 
 
-def train_one_fold(run_dir: str, cache_dir: str, fold, train_ids, val_ids, config_dict: dict, resume: bool) -> None:
-    """Train one fold in this process (one rank under DDP): module-level so spawned workers can run it."""
-    import torch
-    from RCSegNeXtCore.plans import Plans
-    from RCSegNeXtCore.training.state import FINAL, find_resume_checkpoint
-    from RCSegNeXtCore.training.distributed import init_distributed
-    from RCSegNeXtCore.training.trainer import TrainConfig, Trainer
-    config = TrainConfig(**config_dict)
-    dist = init_distributed(config.device)
-    if dist.enabled and config.device.startswith("cuda"):
+def config_for_process(config: TrainingConfig, dist) -> TrainingConfig:
+    """The Trainer's configuration in this process: its own GPU under DDP; a deterministic run prepares its patches
+    in the training loop (no background thread)."""
+    device = config.device
+    if dist.enabled and device.startswith("cuda"):
+        import torch
         torch.cuda.set_device(dist.local_rank)
-        config.device = f"cuda:{dist.local_rank}"
+        device = f"cuda:{dist.local_rank}"
+    return replace(config, device=device, num_workers=0 if config.deterministic else config.num_workers)
+
+
+def train_one_fold(run_dir: str, cache_dir: str, fold, train_ids, val_ids, config: TrainingConfig) -> None:
+    """Train one fold in this process (one rank under DDP): module-level so spawned workers can run it."""
+    from RCSegNeXtCore.plans import Plans
+    from RCSegNeXtCore.training.distributed import init_distributed
+    from RCSegNeXtCore.training.state import FINAL, find_resume_checkpoint
+    from RCSegNeXtCore.training.trainer import Trainer
+    dist = init_distributed(config.device)
+    config = config_for_process(config, dist)
     plans = Plans.load(Path(run_dir) / "plans.json")
     fold_dir = Path(run_dir) / split_io.fold_name(fold)
     existing = find_resume_checkpoint(fold_dir)
-    if existing is not None and not resume:
+    if existing is not None and not config.resume:
         raise ModelError(f"{fold_dir} already holds {existing.name}; add --resume to continue it, or choose "
                          "another output folder")
     trainer = Trainer(plans, load_cases(Path(cache_dir), train_ids), load_cases(Path(cache_dir), val_ids),
                       fold_dir, config, dist)
-    if resume and existing is not None:
+    if config.resume and existing is not None:
         trainer.resume(existing)
     if trainer.start_epoch >= config.epochs and existing is not None and existing.name == FINAL:
         trainer.log.write(f"{fold_dir.name} already finished ({config.epochs} epochs)")
@@ -123,39 +185,38 @@ def train_one_fold(run_dir: str, cache_dir: str, fold, train_ids, val_ids, confi
     trainer.fit()
 
 
-def _spawned_fold(*args) -> None:
+def _spawned_fold(*work) -> None:
     from RCSegNeXtCore.training.distributed import shutdown
     try:
-        train_one_fold(*args)
+        train_one_fold(*work)
     finally:
         shutdown()
 
 
-def run_training(setup: RunSetup, config_dict: dict, resume: bool, gpus: int, validate: bool = True,
-                 progress: bool = True) -> List[Dict]:
-    """Train every requested fold in turn, then predict and evaluate its held-out cases."""
+def run_training(setup: RunSetup) -> List[Dict]:
+    """Train every fold of `setup.config` in turn, then predict and evaluate its held-out cases."""
     from RCSegNeXtCore.training.cross_validation import fold_summary_line, validate_fold, write_report
     from RCSegNeXtCore.training.distributed import (barrier, init_distributed, launched_by_torchrun,
                                                     spawn_workers)
+    config = setup.config
     results = []
     case_ids = [c.case_id for c in setup.dataset.cases]
-    for fold in setup.folds:
+    for fold in config.folds:
         train_ids, val_ids = split_io.cases_for_fold(setup.splits, fold, case_ids)
-        args = (str(setup.run_dir), str(setup.cache_dir), fold, train_ids, val_ids, config_dict, resume)
-        if gpus > 1 and not launched_by_torchrun():
-            spawn_workers(gpus, _spawned_fold, *args)
+        work = (str(setup.run_dir), str(setup.cache_dir), fold, train_ids, val_ids, config)
+        if config.gpus > 1 and not launched_by_torchrun():
+            spawn_workers(config.gpus, _spawned_fold, *work)
         else:
-            train_one_fold(*args)
-        dist = init_distributed(config_dict["device"])
-        if validate and val_ids and dist.is_main:
-            result = validate_fold(setup.run_dir, int(fold), setup.dataset, val_ids, device=config_dict["device"],
-                                   progress=progress)
+            train_one_fold(*work)
+        dist = init_distributed(config.device)
+        if config.validate and val_ids and dist.is_main:
+            result = validate_fold(setup.run_dir, int(fold), setup.dataset, val_ids, device=config.device,
+                                   progress=config.progress)
             print(fold_summary_line(result), flush=True)
             results.append(result)
         barrier(dist)
-    if results and init_distributed(config_dict["device"]).is_main:
+    if results and init_distributed(config.device).is_main:
         report = write_report(setup.run_dir)
         if report is not None:
             print(report.read_text(), flush=True)
     return results
-

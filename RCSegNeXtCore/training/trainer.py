@@ -12,17 +12,19 @@ import os
 import queue
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
-from RCSegNeXtCore.devices import set_cpu_threads
+from RCSegNeXtCore.devices import resolve_device, set_cpu_threads
+from RCSegNeXtCore.errors import ModelError
 from RCSegNeXtCore.progress import ProgressBar, format_seconds
 from RCSegNeXtCore.training import state as ckpt
 from RCSegNeXtCore.training.augment import AugmentConfig, Augmenter, context_size
+from RCSegNeXtCore.training.config import TrainingConfig
 from RCSegNeXtCore.training.deep_supervision import DeepSupervision
 from RCSegNeXtCore.training.distributed import DistInfo, all_reduce_sum, barrier, gather_objects
 from RCSegNeXtCore.training.logs import RunLog, write_metrics
@@ -33,26 +35,7 @@ from RCSegNeXtCore.training.schedule import PolyLRScheduler
 PAUSE_ENV = "RCSEGNEXT_TEST_PAUSE_AFTER_EPOCH"   # test hook: after this epoch's checkpoint, wait to be killed
 
 
-@dataclass
-class TrainConfig:
-    epochs: int = 100
-    iterations_per_epoch: int = 250
-    val_iterations: int = 50
-    lr: float = 0.01
-    momentum: float = 0.99
-    weight_decay: float = 3e-5
-    grad_clip: float = 12.0
-    oversample_foreground: float = 1 / 3
-    jitter_foreground: bool = False      # forced-foreground voxel anywhere in the patch (the demo), not centred
-    seed: int = 0
-    deterministic: bool = False
-    device: str = "cpu"
-    amp: bool = True                 # used on CUDA only
-    num_workers: int = 1             # background threads preparing patches (0 = in the loop)
-    augment: bool = True
-    progress: bool = True
-    max_seconds: Optional[float] = None   # time budget: stop after the epoch that exceeds it (the demo)
-    threads: Optional[int] = None         # CPU threads per process (None: the idle cores)
+TrainConfig = TrainingConfig   # the name before the whole `train` configuration became one object
 
 
 def idle_cpu_threads(processes: int = 1) -> int:
@@ -75,10 +58,10 @@ def amp_dtype(device: str, enabled: bool) -> Optional[torch.dtype]:
 
 class Trainer:
     def __init__(self, plans, train_cases: Sequence[TrainingCase], val_cases: Sequence[TrainingCase],
-                 fold_dir: str | Path, config: TrainConfig, dist: DistInfo | None = None):
+                 fold_dir: str | Path, config: TrainingConfig, dist: DistInfo | None = None):
         self.plans, self.config, self.dist = plans, config, dist or DistInfo()
         self.fold_dir = Path(fold_dir)
-        self.device = torch.device(config.device)
+        self.device = resolve_device(config.device, allow_mps=True)
         if self.device.type == "cpu" and (config.threads or not config.deterministic):
             # deterministic runs keep torch's fixed default unless told: a resume must use the same count
             set_cpu_threads(config.threads or idle_cpu_threads(self.dist.world_size))
@@ -93,7 +76,7 @@ class Trainer:
         self.signature = plans.network_signature()
         # what is trained: the network, or the network plus deep-supervision heads (its weights stay separate)
         self.ds = DeepSupervision(self.network, plans.num_classes).to(self.device) \
-            if plans.architecture.deep_supervision else None
+            if config.deep_supervision else None
         self.trained = self.ds if self.ds is not None else self.network
         self.model = self.trained
         if self.dist.enabled:
@@ -150,6 +133,10 @@ class Trainer:
 
     def resume(self, path: Path) -> None:
         state = ckpt.load_training_checkpoint(path, self.signature, map_location=self.device)
+        if ("ds_heads" in state) != (self.ds is not None):
+            was = "with" if "ds_heads" in state else "without"
+            raise ModelError(f"{path} was trained {was} deep supervision: resume it with deep_supervision="
+                             f"{'ds_heads' in state}")
         self.network.load_state_dict(state["network"])
         if self.ds is not None:
             self.ds.heads.load_state_dict(state["ds_heads"])
