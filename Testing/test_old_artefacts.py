@@ -12,7 +12,8 @@ from training_helpers import tiny_cases
 from RCSegNeXtCore.inference.model_folder import ModelFolder
 from RCSegNeXtCore.plans import Plans
 from RCSegNeXtCore.training.state import load_training_checkpoint
-from RCSegNeXtCore.training.trainer import TrainConfig, Trainer
+from RCSegNeXtCore.training.config import TrainingConfig
+from RCSegNeXtCore.training.trainer import Trainer
 
 OLD = Path(__file__).resolve().parent / "data" / "model_0.1.0"
 # a plans.json as 0.1.0 wrote it for a run with --deep-supervision (the training option inside "architecture")
@@ -53,8 +54,8 @@ def test_old_training_checkpoint_resumes(tmp_path):
     fold_dir.mkdir()
     shutil.copy(OLD / "fold_all" / "checkpoint_final.pt", fold_dir / "checkpoint_latest.pt")
     cases = tiny_cases(shape=(18, 40, 40))
-    config = TrainConfig(epochs=2, iterations_per_epoch=1, val_iterations=1, device="cpu", num_workers=0,
-                         progress=False, threads=1)
+    config = TrainingConfig(epochs=2, iterations_per_epoch=1, val_iterations=1, device="cpu", num_workers=0,
+                            progress=False, threads=1)
     trainer = Trainer(plans, cases[:2], cases[2:], fold_dir, config)
     trainer.resume(fold_dir / "checkpoint_latest.pt")       # optimizer, scheduler, scaler, every random stream
     assert trainer.start_epoch == 1 and len(trainer.history) == 1

@@ -102,3 +102,19 @@ def test_no_parsed_arguments_below_the_command_layer():
             if re.search(r"\bargs\.|Namespace|argparse", line):
                 found.append(f"{relative}:{number}: {line.strip()}")
     assert not found, "\n".join(found)
+
+
+def test_time_budget_shortens_the_run_without_changing_the_config(tmp_path):
+    from training_helpers import tiny_cases, tiny_plans
+
+    from RCSegNeXtCore.training.trainer import Trainer
+    config = TrainingConfig(epochs=5, iterations_per_epoch=1, val_iterations=1, device="cpu", num_workers=0,
+                            progress=False, threads=1, max_seconds=1e-6)
+    cases = tiny_cases()
+    trainer = Trainer(tiny_plans(), cases[:2], cases[2:], tmp_path, config)
+    seen = []
+    trainer.fit(on_epoch_end=lambda epoch, record: seen.append((epoch, record["epoch"])))
+    assert seen == [(0, 1)] and len(trainer.history) == 1     # the budget ran out after the first epoch
+    assert config.epochs == 5 and trainer.config.epochs == 5   # the configuration says what was asked for
+    assert trainer.scheduler.total_epochs == 1                 # the schedule was fitted to the budget
+    assert "time budget" in (tmp_path / "log.txt").read_text()

@@ -14,7 +14,6 @@ import torch
 from RCSegNeXtCore.checkpoint import load_checkpoint
 from RCSegNeXtCore.errors import ModelError
 from RCSegNeXtCore.training.state import load_training_checkpoint
-from RCSegNeXtCore.training.trainer import PAUSE_ENV
 
 HELPER = Path(__file__).with_name("training_helpers.py")
 pytestmark = pytest.mark.slow   # every test trains in a subprocess
@@ -31,8 +30,8 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     assert result.returncode == 0, result.stderr
 
     killed = tmp_path / "killed"
-    env = {**os.environ, PAUSE_ENV: "1"}           # pause after epoch 2 (index 1) has been checkpointed
-    proc = subprocess.Popen([sys.executable, str(HELPER), str(killed), "4"], env=env,
+    # pause after epoch 2 (index 1) has been checkpointed: the helper passes Trainer.fit a hook that waits there
+    proc = subprocess.Popen([sys.executable, str(HELPER), str(killed), "4", "--pause-after", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace")
     deadline = time.time() + 240
     while not (killed / ".paused").exists():

@@ -1,5 +1,6 @@
 """Tiny synthetic training set-ups shared by the training tests (and runnable as a subprocess for the resume and
-DDP tests): `python Testing/training_helpers.py FOLD_DIR EPOCHS [--resume]`."""
+DDP tests): `python Testing/training_helpers.py FOLD_DIR EPOCHS [--resume] [--pause-after EPOCH]`; with
+--pause-after, after that epoch (index) has been checkpointed the run writes FOLD_DIR/.paused and waits to be killed."""
 from __future__ import annotations
 
 import sys
@@ -34,24 +35,37 @@ def tiny_cases(n=3, shape=(12, 40, 40), seed=0):
     return cases
 
 
-def run(fold_dir: str, epochs: int, resume: bool = False, iterations: int = 3) -> None:
+def pause_after(fold_dir: str, pause_epoch: int):
+    """A Trainer.fit hook: after epoch `pause_epoch`, mark FOLD_DIR/.paused and wait (the test kills the process)."""
+    import time
+
+    def hook(epoch: int, record: dict) -> None:
+        if epoch == pause_epoch:
+            (Path(fold_dir) / ".paused").write_text(str(epoch))
+            time.sleep(3600)
+    return hook
+
+
+def run(fold_dir: str, epochs: int, resume: bool = False, iterations: int = 3, pause: int | None = None) -> None:
     import torch
+    from RCSegNeXtCore.training.config import TrainingConfig
     from RCSegNeXtCore.training.state import find_resume_checkpoint
     from RCSegNeXtCore.training.distributed import init_distributed, shutdown
-    from RCSegNeXtCore.training.trainer import TrainConfig, Trainer
+    from RCSegNeXtCore.training.trainer import Trainer
     torch.set_num_threads(1)
     dist = init_distributed("cpu")
     cases = tiny_cases()
-    config = TrainConfig(epochs=epochs, iterations_per_epoch=iterations, val_iterations=2, device="cpu",
-                         deterministic=True, num_workers=1, progress=False, threads=1)
+    config = TrainingConfig(epochs=epochs, iterations_per_epoch=iterations, val_iterations=2, device="cpu",
+                            deterministic=True, num_workers=1, progress=False, threads=1)
     trainer = Trainer(tiny_plans(), cases[:2], cases[2:], fold_dir, config, dist)
     if resume:
         trainer.resume(find_resume_checkpoint(Path(fold_dir)))
-    trainer.fit()
+    trainer.fit(on_epoch_end=None if pause is None else pause_after(fold_dir, pause))
     if "--dump-rank-weights" in sys.argv:            # the DDP test compares what every rank holds
         torch.save(trainer.network.state_dict(), Path(fold_dir) / f"rank{dist.rank}.pt")
     shutdown()
 
 
 if __name__ == "__main__":
-    run(sys.argv[1], int(sys.argv[2]), "--resume" in sys.argv)
+    run(sys.argv[1], int(sys.argv[2]), "--resume" in sys.argv,
+        pause=int(sys.argv[sys.argv.index("--pause-after") + 1]) if "--pause-after" in sys.argv else None)

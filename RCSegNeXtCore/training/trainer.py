@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -32,9 +32,7 @@ from RCSegNeXtCore.training.loss import DiceCELoss
 from RCSegNeXtCore.training.sampler import PatchSampler, TrainingCase, numpy_rng_state, set_numpy_rng_state
 from RCSegNeXtCore.training.schedule import PolyLRScheduler
 
-PAUSE_ENV = "RCSEGNEXT_TEST_PAUSE_AFTER_EPOCH"   # test hook: after this epoch's checkpoint, wait to be killed
-
-
+EpochHook = Callable[[int, Dict[str, float]], None]   # (epoch index, its record), see Trainer.fit
 TrainConfig = TrainingConfig   # the name before the whole `train` configuration became one object
 
 
@@ -61,16 +59,31 @@ class Trainer:
                  fold_dir: str | Path, config: TrainingConfig, dist: DistInfo | None = None):
         self.plans, self.config, self.dist = plans, config, dist or DistInfo()
         self.fold_dir = Path(fold_dir)
+        self.val_cases = list(val_cases)
         self.device = resolve_device(config.device, allow_mps=True)
+        self._configure_torch()
+        self._build_model()                                    # (this order keeps every random stream as it was)
+        self.loss = DiceCELoss()
+        self._build_sampling(train_cases)
+        self.start_epoch, self.history, self.best_ema = 0, [], None
+        self.ema: Optional[float] = None
+        self.log = RunLog(self.fold_dir / "log.txt", enabled=self.dist.is_main)
+
+    def _configure_torch(self) -> None:
+        """CPU threads, deterministic algorithms or cuDNN's autotuner."""
+        config = self.config
         if self.device.type == "cpu" and (config.threads or not config.deterministic):
             # deterministic runs keep torch's fixed default unless told: a resume must use the same count
             set_cpu_threads(config.threads or idle_cpu_threads(self.dist.world_size))
-        self.val_cases = list(val_cases)
         if config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
         elif self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
+
+    def _build_model(self) -> None:
+        """The network (+ deep-supervision heads), DDP, optimizer, poly schedule and AMP."""
+        config, plans = self.config, self.plans
         torch.manual_seed(config.seed)                         # same initial weights on every rank
         self.network = plans.build_network().to(self.device)
         self.signature = plans.network_signature()
@@ -88,7 +101,10 @@ class Trainer:
         self.scheduler = PolyLRScheduler(self.optimizer, config.lr, config.epochs)
         self.amp_dtype = amp_dtype(self.device.type, config.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.loss = DiceCELoss()
+
+    def _build_sampling(self, train_cases: Sequence[TrainingCase]) -> None:
+        """Batch and patch size, the patch sampler and the augmenter (each rank its own random streams)."""
+        config, plans = self.config, self.plans
         self.batch_size = max(1, plans.batch_size // self.dist.world_size)   # the plan's batch is the global one
         self.patch = list(plans.patch_size)
         aniso = max(plans.target_spacing) / min(plans.target_spacing) > 3
@@ -105,9 +121,6 @@ class Trainer:
         generator = torch.Generator(device=gen_device)
         generator.manual_seed(rank_seed + 17)
         self.augmenter = Augmenter(self.patch, self.aug_config, generator)
-        self.start_epoch, self.history, self.best_ema = 0, [], None
-        self.ema: Optional[float] = None
-        self.log = RunLog(self.fold_dir / "log.txt", enabled=self.dist.is_main)
 
     # -- state ------------------------------------------------------------------------------------------------
     def _rank_state(self) -> dict:
@@ -222,9 +235,29 @@ class Trainer:
         names = self.plans.class_names
         return {"val_loss": loss, **{f"dice_{names[c]}": float(dice[c - 1]) for c in range(1, k)}}
 
-    def fit(self) -> Dict[str, float]:
-        cfg = self.config
+    def fit(self, on_epoch_end: Optional[EpochHook] = None) -> Dict[str, float]:
+        """Train from `start_epoch` to `config.epochs` (fewer when the time budget `config.max_seconds` runs out),
+        checkpointing every epoch; returns the last epoch's record. `on_epoch_end(epoch, record)` is called on every
+        rank after an epoch's checkpoints and log line (the resume test stops a run there)."""
         self.network.train()
+        self._log_start()
+        budget = EpochBudget(self.config.epochs, None if self.dist.enabled else self.config.max_seconds)
+        last = self.start_epoch - 1                            # (ranks could disagree on timing: no budget)
+        for epoch in range(self.start_epoch, self.config.epochs):
+            if epoch >= budget.epochs:                         # shortened to fit the time budget
+                break
+            last = epoch
+            record = self.run_epoch(epoch, budget)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, record)
+            if self._fit_to_budget(budget, epoch):
+                break
+        self.save(ckpt.FINAL, last)
+        self.log.write(f"finished {self.fold_dir.name}: {self.fold_dir / ckpt.FINAL}")
+        return self.history[-1] if self.history else {}
+
+    def _log_start(self) -> None:
+        cfg = self.config
         amp = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
         self.log.write(f"training {self.fold_dir.name}: {len(self.sampler.cases)} training / {len(self.val_cases)} "
                        f"validation cases, device {self.device} x{self.dist.world_size}"
@@ -233,65 +266,91 @@ class Trainer:
                        f"{self.batch_size * self.dist.world_size}, patch {self.patch}, epochs {cfg.epochs} x "
                        f"{cfg.iterations_per_epoch} iterations, lr {cfg.lr}, seed {cfg.seed}"
                        + (", deterministic" if cfg.deterministic else ""))
-        epoch_times: List[float] = []
-        pause_after = int(os.environ.get(PAUSE_ENV, "-1"))
-        started, last, planned = time.perf_counter(), self.start_epoch - 1, cfg.epochs
-        for epoch in range(self.start_epoch, cfg.epochs):
-            if epoch >= cfg.epochs:                          # shortened to fit a time budget
-                break
-            start, last = time.perf_counter(), epoch
-            lr = self.scheduler.step(epoch)
-            losses = []
-            with ProgressBar(cfg.iterations_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}",
-                             enabled=cfg.progress and self.dist.is_main) as bar:
-                for images, labels, _ in self._batches(cfg.iterations_per_epoch):
-                    losses.append(self.train_step(images, labels))
-                    bar.update(1, loss=losses[-1])
-            train_loss = float(all_reduce_sum(torch.tensor(float(np.mean(losses)), dtype=torch.float64),
-                                              self.dist)) / self.dist.world_size
-            record = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss}
-            if self.val_cases:
-                record.update(self.validate(epoch))
-                dices = [v for k, v in record.items() if k.startswith("dice_")]
-                score = float(np.nanmean(dices)) if dices else 0.0
-            else:
-                score = -train_loss                      # fold "all": no validation, follow the training loss
-            self.ema = score if self.ema is None else 0.9 * self.ema + 0.1 * score
-            record["ema_score"] = self.ema
-            record["seconds"] = time.perf_counter() - start
-            epoch_times.append(record["seconds"])
-            self.history.append(record)
-            improved = self.best_ema is None or self.ema > self.best_ema
-            if improved:
-                self.best_ema = self.ema
-            self.save(ckpt.LATEST, epoch)
-            if improved:
-                self.save(ckpt.BEST, epoch)
-            if self.dist.is_main:
-                write_metrics(self.fold_dir, self.history)
-            eta = float(np.median(epoch_times)) * (cfg.epochs - epoch - 1)
-            extra = " ".join(f"{k[5:]} {v:.3f}" for k, v in record.items() if k.startswith("dice_"))
-            self.log.write(f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss:.4f}"
-                           + (f"  val loss {record['val_loss']:.4f}  pseudo-Dice {extra}" if self.val_cases else "")
-                           + f"  lr {lr:.5f}  {record['seconds']:.1f} s  ETA {format_seconds(eta)}"
-                           + ("  (new best)" if improved else ""))
-            if epoch == pause_after and self.dist.is_main:
-                (self.fold_dir / ".paused").write_text(str(epoch))
-                time.sleep(3600)                        # the test kills the process here (SIGKILL)
-            budget = cfg.max_seconds if not self.dist.enabled else None   # (ranks could disagree on timing)
-            if budget is not None:                          # fit the schedule into the time budget
-                left = cfg.max_seconds - (time.perf_counter() - started)
-                fits = min(planned, epoch + 1 + int(max(0.0, left) // float(np.median(epoch_times))))
-                if fits != cfg.epochs:
-                    if cfg.epochs == planned:                # say it once; later updates show as "epoch k/N"
-                        self.log.write(f"time budget {format_seconds(cfg.max_seconds)}: about {fits} of {planned} "
-                                       "epochs fit; the poly schedule is fitted to the budget")
-                    cfg.epochs = self.scheduler.total_epochs = max(fits, epoch + 1)
-            if budget is not None and epoch + 1 < cfg.epochs and \
-                    time.perf_counter() - started > cfg.max_seconds:
-                self.log.write(f"time budget of {format_seconds(cfg.max_seconds)} used up: stopping after epoch "
-                               f"{epoch + 1} of {cfg.epochs}")
-                break
-        self.save(ckpt.FINAL, last)
-        self.log.write(f"finished {self.fold_dir.name}: {self.fold_dir / ckpt.FINAL}")
-        return self.history[-1] if self.history else {}
+
+    def run_epoch(self, epoch: int, budget: "EpochBudget") -> Dict[str, float]:
+        """One epoch: the iterations, validation, the EMA score, checkpoints latest (and best), metrics, log line."""
+        start = time.perf_counter()
+        lr = self.scheduler.step(epoch)
+        train_loss = self._train_iterations(epoch, budget.epochs)
+        record = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss}
+        if self.val_cases:
+            record.update(self.validate(epoch))
+            dices = [v for k, v in record.items() if k.startswith("dice_")]
+            score = float(np.nanmean(dices)) if dices else 0.0
+        else:
+            score = -train_loss                      # fold "all": no validation, follow the training loss
+        self.ema = score if self.ema is None else 0.9 * self.ema + 0.1 * score
+        record["ema_score"] = self.ema
+        record["seconds"] = time.perf_counter() - start
+        budget.epoch_times.append(record["seconds"])
+        self.history.append(record)
+        improved = self.best_ema is None or self.ema > self.best_ema
+        if improved:
+            self.best_ema = self.ema
+        self.save(ckpt.LATEST, epoch)
+        if improved:
+            self.save(ckpt.BEST, epoch)
+        if self.dist.is_main:
+            write_metrics(self.fold_dir, self.history)
+        self._log_epoch(record, budget, improved)
+        return record
+
+    def _train_iterations(self, epoch: int, epochs: int) -> float:
+        """The epoch's training iterations; the mean loss over every rank."""
+        cfg = self.config
+        losses = []
+        with ProgressBar(cfg.iterations_per_epoch, f"epoch {epoch + 1}/{epochs}",
+                         enabled=cfg.progress and self.dist.is_main) as bar:
+            for images, labels, _ in self._batches(cfg.iterations_per_epoch):
+                losses.append(self.train_step(images, labels))
+                bar.update(1, loss=losses[-1])
+        return float(all_reduce_sum(torch.tensor(float(np.mean(losses)), dtype=torch.float64),
+                                    self.dist)) / self.dist.world_size
+
+    def _log_epoch(self, record: Dict[str, float], budget: "EpochBudget", improved: bool) -> None:
+        epoch = record["epoch"]
+        eta = float(np.median(budget.epoch_times)) * (budget.epochs - epoch)
+        extra = " ".join(f"{k[5:]} {v:.3f}" for k, v in record.items() if k.startswith("dice_"))
+        self.log.write(f"epoch {epoch}/{budget.epochs}  train loss {record['train_loss']:.4f}"
+                       + (f"  val loss {record['val_loss']:.4f}  pseudo-Dice {extra}" if self.val_cases else "")
+                       + f"  lr {record['lr']:.5f}  {record['seconds']:.1f} s  ETA {format_seconds(eta)}"
+                       + ("  (new best)" if improved else ""))
+
+    def _fit_to_budget(self, budget: "EpochBudget", epoch: int) -> bool:
+        """After `epoch`: fit the number of epochs (and the poly schedule) to the time left; True to stop now."""
+        if budget.seconds is None:
+            return False
+        first = budget.epochs == budget.planned
+        if budget.refit(epoch):
+            self.scheduler.total_epochs = budget.epochs
+            if first:                                  # say it once; later updates show as "epoch k/N"
+                self.log.write(f"time budget {format_seconds(budget.seconds)}: about {budget.fits} of "
+                               f"{budget.planned} epochs fit; the poly schedule is fitted to the budget")
+        if epoch + 1 < budget.epochs and budget.elapsed() > budget.seconds:
+            self.log.write(f"time budget of {format_seconds(budget.seconds)} used up: stopping after epoch "
+                           f"{epoch + 1} of {budget.epochs}")
+            return True
+        return False
+
+
+class EpochBudget:
+    """The number of epochs to train (`epochs`): the planned number, or, with a time budget of `seconds`, those that
+    fit at the median epoch time so far (the configuration itself is never changed)."""
+
+    def __init__(self, planned: int, seconds: Optional[float]):
+        self.planned, self.seconds, self.epochs = planned, seconds, planned
+        self.fits = planned
+        self.started = time.perf_counter()
+        self.epoch_times: List[float] = []
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def refit(self, epoch: int) -> bool:
+        """After `epoch`: recompute `epochs` (at least epoch + 1, at most planned); True when it changed."""
+        left = max(0.0, self.seconds - self.elapsed())
+        self.fits = min(self.planned, epoch + 1 + int(left // float(np.median(self.epoch_times))))
+        if self.fits == self.epochs:
+            return False
+        self.epochs = max(self.fits, epoch + 1)
+        return True
