@@ -73,9 +73,10 @@ class RCSegNeXtLogic:
         Warnings about the input (another slice plane than the model's, far-off spacing) land in `lastWarnings`,
         on the node (attribute `RCSegNeXt.Warnings`) and in the log (Slicer's Python console)."""
         self.checkOutputNode(volumeNode, segmentationNode)
+        from RCSegNeXtCore.inference.config import PredictionConfig
         from RCSegNeXtCore.inference.predictor import Predictor  # torch is imported here, not at module load
         image = convert.volume_to_image(volumeNode)
-        predictor = Predictor(modelDir, folds=folds, device=device, tta=tta)
+        predictor = Predictor.from_config(PredictionConfig(model=str(modelDir), folds=folds, device=device, tta=tta))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # reported below, once, instead
             prediction = predictor.predict(image, progress=progress, source=volumeNode.GetName())

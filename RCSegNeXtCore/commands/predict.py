@@ -48,20 +48,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "SeriesInstanceUID, any case) instead of those in the model's slice plane")
 
 
+def config_from_args(args: argparse.Namespace):
+    """The PredictionConfig this command line asks for (every option lands in one field)."""
+    from RCSegNeXtCore.inference.config import PredictionConfig
+    return PredictionConfig(
+        model=args.model, input=args.input, output=args.output, folds=args.folds, checkpoint=args.checkpoint,
+        device=args.device, tta=args.tta, tile_overlap=args.tile_overlap, batch_tiles=args.batch_tiles,
+        whole_volume_max_voxels=None if args.whole_volume else 0, resize_to=args.resize_to, threads=args.threads,
+        format=args.format, save_probabilities=args.save_probabilities, progress_json=args.progress_json,
+        overwrite=args.overwrite, series=args.series)
+
+
 def run(args: argparse.Namespace) -> int:
-    from RCSegNeXtCore.devices import set_cpu_threads
-    from RCSegNeXtCore.inference.predictor import Predictor
     from RCSegNeXtCore.inference.runner import run_prediction
 
-    if args.threads is not None:
-        set_cpu_threads(args.threads)
-    predictor = Predictor(args.model, folds=args.folds, checkpoint=args.checkpoint, device=args.device, tta=args.tta,
-                          tile_overlap=args.tile_overlap, batch_tiles=args.batch_tiles,
-                          whole_volume_max_voxels=None if args.whole_volume else 0, resize_to=args.resize_to)
-    result = run_prediction(predictor, args.input, args.output, fmt=args.format,
-                            save_probabilities=args.save_probabilities, progress_json=args.progress_json,
-                            overwrite=args.overwrite, series=args.series)
-    if not args.progress_json:
+    config = config_from_args(args)
+    result = run_prediction(config)
+    if not config.progress_json:
         not_chosen = f", series not segmented {len(result.skipped_series)}" if result.skipped_series else ""
         print(f"written {len(result.written)}, skipped (already there) {len(result.skipped)}, "
               f"failed {len(result.failed)}{not_chosen}")

@@ -18,6 +18,7 @@ import torch
 from RCSegNeXtCore.data.io import Geometry, Image
 from RCSegNeXtCore.devices import resolve_device
 from RCSegNeXtCore.errors import ImageReadError, ModelError
+from RCSegNeXtCore.inference.config import PredictionConfig
 from RCSegNeXtCore.inference.export import provenance
 from RCSegNeXtCore.inference.model_folder import ModelFolder
 from RCSegNeXtCore.inference.sliding_window import WindowStats, predict_sliding_window
@@ -108,6 +109,13 @@ class Predictor:
             self.networks = [n.to(memory_format=torch.channels_last_3d) for n in self.networks]
         self.weights_sha256 = self.model.weights_sha256(self.folds, checkpoint)
         self.total_stride = total_stride(self.plans.strides)
+
+    @classmethod
+    def from_config(cls, config: PredictionConfig) -> "Predictor":
+        """The predictor a PredictionConfig describes: its model folder and its Predictor options."""
+        if not config.model:
+            raise ModelError("no model folder given (PredictionConfig.model)")
+        return cls(config.model, **config.predictor_options())
 
     @property
     def labels(self):

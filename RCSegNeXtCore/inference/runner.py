@@ -35,6 +35,7 @@ from RCSegNeXtCore.data.dataset import CHANNEL_STEM
 from RCSegNeXtCore.data.dicom import DicomNote
 from RCSegNeXtCore.data.io import IMAGE_EXTENSIONS, Image, read_image, split_extension
 from RCSegNeXtCore.errors import ImageReadError, RCSegNeXtError, first_line
+from RCSegNeXtCore.inference.config import PredictionConfig
 from RCSegNeXtCore.inference.export import OUTPUT_FORMATS, output_format, write_prediction, write_probabilities
 from RCSegNeXtCore.progress import ProgressBar
 
@@ -138,96 +139,120 @@ def _probability_path(output: Path, folder_mode: bool) -> Path:
     return output.with_name(f"{stem}_probabilities.nrrd")
 
 
-def run_prediction(predictor, input_path: str | os.PathLike, output: str | os.PathLike, fmt: Optional[str] = None,
-                   save_probabilities: bool = False, progress_json: bool = False, overwrite: bool = False,
-                   stream: Optional[TextIO] = None, series: Optional[str] = None) -> RunResult:
-    """Predict every case under `input_path`; writes files under `output` (a file for one case, else a folder).
-    A study folder's series are chosen by the model's slice plane or by `series` (see the module docstring)."""
+def run_prediction(config: PredictionConfig, predictor=None, stream: Optional[TextIO] = None) -> RunResult:
+    """Predict every case under `config.input`; writes files under `config.output` (a file for one case, else a
+    folder). A study folder's series are chosen by the model's slice plane or by `config.series` (see the module
+    docstring). `predictor`: one already made (default: `Predictor.from_config(config)`); `stream`: where the
+    progress lines go (default stdout)."""
+    from RCSegNeXtCore.devices import set_cpu_threads
+    from RCSegNeXtCore.inference.predictor import Predictor
+    if config.threads is not None:
+        set_cpu_threads(config.threads)
+    predictor = predictor if predictor is not None else Predictor.from_config(config)
+    cases, folder_mode, result, problem = _cases_to_predict(config, predictor)
+    targets = _output_paths(config, cases, folder_mode)
+    events = JsonProgress(stream, config.progress_json)
+    total = len(cases)
+    if problem:
+        name = Path(config.input).name
+        events.emit("error", name, 0, total, message=problem)
+        result.failed.append({"case": name, "message": problem})
+    with ProgressBar(total, "predict", enabled=folder_mode and not config.progress_json, unit="case") as bar:
+        for case, target in zip(cases, targets):
+            done = len(result.written) + len(result.skipped) + len(result.failed)
+            if folder_mode and target.exists() and not config.overwrite:
+                result.skipped.append(case.case_id)
+                events.emit("export", case.case_id, done, total, output=str(target), warnings=[], skipped=True)
+            else:
+                _predict_one(predictor, config, case, target, folder_mode, events, done, total, result)
+            bar.update(1)
+    events.emit("done", None, total, total, written=result.written, skipped=result.skipped, failed=result.failed,
+                skipped_series=result.skipped_series)
+    return result
+
+
+def _cases_to_predict(config: PredictionConfig, predictor) -> tuple[List[CaseInput], bool, RunResult, Optional[str]]:
+    """(cases, folder mode, a RunResult holding the study's skipped series, the study's problem or None)."""
     from RCSegNeXtCore.inference.predictor import model_plane
     model = getattr(predictor, "model", None)
-    study = study_cases(Path(input_path), model_plane(model) if model is not None else None, series,
-                        sys.stderr if progress_json else sys.stdout)
+    study = study_cases(Path(config.input), model_plane(model) if model is not None else None, config.series,
+                        sys.stderr if config.progress_json else sys.stdout)
     if study is not None:
         cases, skipped_series, problem = study
-        folder_mode = True
-    elif series is not None:
-        raise RCSegNeXtError(f"--series {series}: {input_path} is not a study folder (sub-folders that are DICOM "
-                             "series of one study); give the series folder itself as the input")
-    else:
-        cases, folder_mode = find_cases(input_path, predictor.plans.architecture.in_channels)
-        skipped_series, problem = [], None
-    as_folder = str(output).endswith(("/", os.sep))
-    output = Path(output)
+        return cases, True, RunResult(skipped_series=skipped_series), problem
+    if config.series is not None:
+        raise RCSegNeXtError(f"--series {config.series}: {config.input} is not a study folder (sub-folders that are "
+                             "DICOM series of one study); give the series folder itself as the input")
+    cases, folder_mode = find_cases(config.input, predictor.plans.architecture.in_channels)
+    return cases, folder_mode, RunResult(), None
+
+
+def _output_paths(config: PredictionConfig, cases: List[CaseInput], folder_mode: bool) -> List[Path]:
+    """One output path per case: in the output folder (folder mode, an existing folder, a name ending in '/'), or
+    the output file itself; its format checked against --format and OUTPUT_FORMATS."""
+    fmt = config.format
+    as_folder = str(config.output).endswith(("/", os.sep))
+    output = Path(config.output)
     if fmt is not None and fmt not in OUTPUT_FORMATS:
         raise RCSegNeXtError(f"--format {fmt}: use one of {', '.join(OUTPUT_FORMATS)}")
     if folder_mode and output.exists() and not output.is_dir():
         raise RCSegNeXtError(f"{output} is a file; for a folder of cases the output must be a folder")
     if folder_mode or output.is_dir() or as_folder:
-        targets = [output / f"{c.case_id}.{fmt or 'nii.gz'}" for c in cases]
-    else:
-        ext = split_extension(output)[1].lstrip(".").lower()
-        if fmt is not None and ext != fmt:
-            raise RCSegNeXtError(f"output {output} does not end with .{fmt}; name it {{name}}.{fmt} or drop --format")
-        if output_format(output) is None:
-            raise RCSegNeXtError(f"output {output}: unknown format .{ext}; use a name ending "
-                                 f".{', .'.join(OUTPUT_FORMATS)}, or an existing folder")
-        targets = [output]
-    events = JsonProgress(stream, progress_json)
-    result = RunResult(skipped_series=skipped_series)
-    total = len(cases)
-    if problem:
-        name = Path(input_path).name
-        events.emit("error", name, 0, total, message=problem)
-        result.failed.append({"case": name, "message": problem})
-    bar = ProgressBar(total, "predict", enabled=folder_mode and not progress_json, unit="case")
-    with bar:
-        for case, target in zip(cases, targets):
-            done = len(result.written) + len(result.skipped) + len(result.failed)
-            if folder_mode and target.exists() and not overwrite:
-                result.skipped.append(case.case_id)
-                events.emit("export", case.case_id, done, total, output=str(target), warnings=[], skipped=True)
-                bar.update(1)
-                continue
-            try:
-                events.emit("preprocess", case.case_id, done, total)
-                with warnings.catch_warnings(record=True) as notes:
-                    warnings.simplefilter("always", DicomNote)
-                    image = read_case_image(case)
-                for note in notes:
-                    print(f"note: {note.message}", file=sys.stderr)
+        return [output / f"{c.case_id}.{fmt or 'nii.gz'}" for c in cases]
+    ext = split_extension(output)[1].lstrip(".").lower()
+    if fmt is not None and ext != fmt:
+        raise RCSegNeXtError(f"output {output} does not end with .{fmt}; name it {{name}}.{fmt} or drop --format")
+    if output_format(output) is None:
+        raise RCSegNeXtError(f"output {output}: unknown format .{ext}; use a name ending "
+                             f".{', .'.join(OUTPUT_FORMATS)}, or an existing folder")
+    return [output]
 
-                passes = {}  # single case on a terminal: a bar over the forward passes
 
-                def on_progress(stage, step, steps, case_id=case.case_id, done=done):
-                    if stage != "predict":
-                        return
-                    events.emit("predict", case_id, done, total, tiles_done=step, tiles_total=steps)
-                    if not folder_mode and not progress_json:
-                        bar_ = passes.setdefault("bar", ProgressBar(steps, f"predict {case_id}", unit="pass"))
-                        bar_.update(step - bar_.count)
-                        if step == steps:
-                            bar_.close()
+def _predict_one(predictor, config: PredictionConfig, case: CaseInput, target: Path, folder_mode: bool,
+                 events: JsonProgress, done: int, total: int, result: RunResult) -> None:
+    """Read, predict and write one case; its failure is recorded (a folder goes on) or raised (one case)."""
+    try:
+        events.emit("preprocess", case.case_id, done, total)
+        with warnings.catch_warnings(record=True) as notes:
+            warnings.simplefilter("always", DicomNote)
+            image = read_case_image(case)
+        for note in notes:
+            print(f"note: {note.message}", file=sys.stderr)
+        on_progress = _tile_progress(events, case.case_id, done, total,
+                                     bar=not folder_mode and not config.progress_json)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # reported below and in the progress line instead
+            prediction = predictor.predict(image, on_progress, source=f"case {case.case_id}",
+                                           keep_probabilities=config.save_probabilities)
+        for message in prediction.warnings:
+            print(f"warning: {message}", file=sys.stderr)
+        metadata = predictor.metadata()
+        write_prediction(prediction.labels, prediction.geometry, target, predictor.labels, metadata)
+        if config.save_probabilities:
+            write_probabilities(prediction.probabilities, prediction.geometry,
+                                _probability_path(target, folder_mode), predictor.labels, metadata)
+        result.written.append(case.case_id)
+        events.emit("export", case.case_id, done, total, output=str(target), warnings=prediction.warnings)
+    except (RCSegNeXtError, ValueError, RuntimeError, OSError, MemoryError) as exc:
+        message = first_line(exc)
+        events.emit("error", case.case_id, done, total, message=message)
+        if not folder_mode:
+            raise
+        result.failed.append({"case": case.case_id, "message": message})
 
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # reported below and in the progress line instead
-                    prediction = predictor.predict(image, on_progress, source=f"case {case.case_id}",
-                                                   keep_probabilities=save_probabilities)
-                for message in prediction.warnings:
-                    print(f"warning: {message}", file=sys.stderr)
-                metadata = predictor.metadata()
-                write_prediction(prediction.labels, prediction.geometry, target, predictor.labels, metadata)
-                if save_probabilities:
-                    write_probabilities(prediction.probabilities, prediction.geometry,
-                                        _probability_path(target, folder_mode), predictor.labels, metadata)
-                result.written.append(case.case_id)
-                events.emit("export", case.case_id, done, total, output=str(target), warnings=prediction.warnings)
-            except (RCSegNeXtError, ValueError, RuntimeError, OSError, MemoryError) as exc:
-                message = first_line(exc)
-                events.emit("error", case.case_id, done, total, message=message)
-                if not folder_mode:
-                    raise
-                result.failed.append({"case": case.case_id, "message": message})
-            bar.update(1)
-    events.emit("done", None, total, total, written=result.written, skipped=result.skipped, failed=result.failed,
-                skipped_series=result.skipped_series)
-    return result
+
+def _tile_progress(events: JsonProgress, case_id: str, done: int, total: int, bar: bool):
+    """The predictor's progress callback: "predict" lines, and for a single case on a terminal a bar over the
+    forward passes."""
+    passes = {}
+
+    def on_progress(stage, step, steps):
+        if stage != "predict":
+            return
+        events.emit("predict", case_id, done, total, tiles_done=step, tiles_total=steps)
+        if bar:
+            bar_ = passes.setdefault("bar", ProgressBar(steps, f"predict {case_id}", unit="pass"))
+            bar_.update(step - bar_.count)
+            if step == steps:
+                bar_.close()
+    return on_progress
