@@ -238,7 +238,7 @@ def image_agreement(net, plans, images, device, amp: bool, stride, overlap: floa
             print(f"  {4 * b:3d}-{4 * b + 3:3d} voxels: label Dice per class {dices}")
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--model-dir", default=None, help="a model folder (fold 0 is used); default random weights")
@@ -261,49 +261,30 @@ def main(argv=None) -> int:
                         help="with --image: also single tiles at random positions against (a'), by the voxels' "
                              "distance from the tile border")
     parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args(argv)
+    return parser
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.model_dir:
+
+def load_network(model_dir, base_channels, spacing, patch, device):
+    """(plans, network in eval mode on `device`, a description): fold 0 of a model folder, or random weights."""
+    if model_dir:
         from RCSegNeXtCore.inference.model_folder import ModelFolder
-        model = ModelFolder(args.model_dir)
+        model = ModelFolder(model_dir)
         plans, net = model.plans, model.load_networks([model.folds[0]], device=device)[0]
         source = f"model folder {model.name} fold {model.folds[0]}"
     else:
         from RCSegNeXtCore.planning import make_plans_from_values
-        width = args.base_channels or (32 if device.type == "cuda" else 8)
-        plans = make_plans_from_values(args.spacing, args.patch, base_channels=width)
+        width = base_channels or (32 if device.type == "cuda" else 8)
+        plans = make_plans_from_values(spacing, patch, base_channels=width)
         torch.manual_seed(0)
         net = plans.build_network().to(device).eval()
         source = "random weights (seed 0)"
-    amp = device.type == "cuda"
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last_3d)
-    patch, classes = list(plans.patch_size), plans.num_classes
-    stride = total_stride(plans.strides)
-    if args.image:
-        if not args.model_dir:
-            parser.error("--image needs --model-dir (a trained model and its plan)")
-        image_agreement(net, plans, args.image, device, amp, stride, args.overlap, args.shift, args.tile_insets)
-        return 0
-    data = synthetic_volume(args.shape)
-    full = args.full_reference or device.type == "cuda"
-    patch_voxels = math.prod(patch)
-    print(f"device {device} ({torch.get_num_threads()} threads)" if device.type == "cpu" else f"device {device} "
-          f"({torch.cuda.get_device_name(device)}, autocast + channels_last_3d)")
-    print(f"network base width {plans.architecture.base_channels}, {source}; volume {args.shape} at spacing "
-          f"{plans.target_spacing}; patch {patch}; mirror axes {plans.mirror_axes}")
+    return plans, net, source
 
-    with torch.inference_mode():  # warm-up (kernel selection) so the first timed run is not penalised
-        net(data[None, :, :patch[0], :patch[1], :patch[2]].to(device))
-    rows = []
 
-    def report(row):
-        rows.append(row)
-        print(f"  done: {row[0]}: {row[1]:.1f} s, {row[3]} passes {row[5]}", flush=True)
+def run_reference(net, data, patch, classes, device, amp: bool, full: bool, report):
+    """(a') and (a) (extrapolated from one tile's 8 passes unless `full`): (p_a', p_a or None)."""
     ref_np, t, mem = timed(device, lambda: nnunet_reference(net, data, patch, classes, False, device, amp))
     p_a1, passes, tiles = ref_np
     report(("(a') nnU-Net default, no mirroring", t, mem, passes, passes, ""))
@@ -311,29 +292,32 @@ def main(argv=None) -> int:
         (p_a, passes_a, _), t_a, mem_a = timed(device, lambda: nnunet_reference(net, data, patch, classes, True,
                                                                                 device, amp))
         report(("(a)  nnU-Net default (8 mirrors)", t_a, mem_a, passes_a, passes_a, ""))
-    else:
-        (_, one, _), t_one, mem_a = timed(device, lambda: nnunet_reference(net, data, patch, classes, True, device,
-                                                                          amp, tiles_limit=1))
-        p_a, passes_a = None, one * tiles
-        report(("(a)  nnU-Net default (8 mirrors)", t_one * tiles, mem_a, passes_a, passes_a,
-                f"extrapolated: {tiles} tiles x one tile's 8 passes ({t_one:.1f} s); "
-                f"8 x (a') would be {8 * t:.0f} s"))
+        return p_a1, p_a
+    (_, one, _), t_one, mem_a = timed(device, lambda: nnunet_reference(net, data, patch, classes, True, device,
+                                                                      amp, tiles_limit=1))
+    report(("(a)  nnU-Net default (8 mirrors)", t_one * tiles, mem_a, one * tiles, one * tiles,
+            f"extrapolated: {tiles} tiles x one tile's 8 passes ({t_one:.1f} s); "
+            f"8 x (a') would be {8 * t:.0f} s"))
+    return p_a1, None
+
+
+def run_ours(net, data, plans, device, amp: bool, runs, overlap, report) -> dict:
+    """(b), and (c) / (b') when in `runs` ((name, mirror axes, whole_volume_max_voxels)): probabilities by name."""
+    patch, stride = list(plans.patch_size), total_stride(plans.strides)
+    extra = {} if overlap is None else {"overlap": overlap}
     ours = {}
-    runs = [("(b)  RCSegNeXt default", (), 0)]
-    if not args.skip_tta:
-        runs.append(("(c)  RCSegNeXt + TTA", tuple(plans.mirror_axes), 0))
-    if args.also_whole_volume:
-        runs.append(("(b') RCSegNeXt, whole-volume opt-in", (), None))
     for name, mirror, limit in runs:
-        extra = {} if args.overlap is None else {"overlap": args.overlap}
         (probs, stats), t, mem = timed(device, lambda m=mirror, v=limit: predict_sliding_window(
-            [net], data, patch, classes, total_stride=stride, mirror_axes=m, device=device, amp=amp,
+            [net], data, patch, plans.num_classes, total_stride=stride, mirror_axes=m, device=device, amp=amp,
             whole_volume_max_voxels=v, **extra))
         equivalents = stats.forward_passes * math.prod(stats.padded_shape if stats.mode == "whole-volume" else patch) \
-            / patch_voxels
+            / math.prod(patch)
         ours[name[:3]] = probs
         report((name, t, mem, stats.forward_passes, equivalents, f"{stats.mode}, tiles {stats.tile_grid}"))
+    return ours
 
+
+def print_results(rows, ours: dict, p_a1, p_a, classes: int) -> None:
     base = rows[1][1]
     print(f"\n| run | wall s | x faster than (a) | peak mem MiB | forward passes | patch-equivalents | note |")
     print("|---|---:|---:|---:|---:|---:|---|")
@@ -350,6 +334,45 @@ def main(argv=None) -> int:
             print(f"(c) vs (a):  not computed ((a) extrapolated; run --full-reference); (c) vs (a'): "
                   f"{agreement(ours['(c)'], p_a1, classes)}")
     print("targets on CPU: (b) >= 10x faster than (a); (b) forward passes <= half of (a'); mean|dp| (b)-(a') <= 0.02")
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    plans, net, source = load_network(args.model_dir, args.base_channels, args.spacing, args.patch, device)
+    amp = device.type == "cuda"
+    patch, classes = list(plans.patch_size), plans.num_classes
+    if args.image:
+        if not args.model_dir:
+            parser.error("--image needs --model-dir (a trained model and its plan)")
+        image_agreement(net, plans, args.image, device, amp, total_stride(plans.strides), args.overlap, args.shift,
+                        args.tile_insets)
+        return 0
+    data = synthetic_volume(args.shape)
+    print(f"device {device} ({torch.get_num_threads()} threads)" if device.type == "cpu" else f"device {device} "
+          f"({torch.cuda.get_device_name(device)}, autocast + channels_last_3d)")
+    print(f"network base width {plans.architecture.base_channels}, {source}; volume {args.shape} at spacing "
+          f"{plans.target_spacing}; patch {patch}; mirror axes {plans.mirror_axes}")
+    with torch.inference_mode():  # warm-up (kernel selection) so the first timed run is not penalised
+        net(data[None, :, :patch[0], :patch[1], :patch[2]].to(device))
+    rows = []
+
+    def report(row):
+        rows.append(row)
+        print(f"  done: {row[0]}: {row[1]:.1f} s, {row[3]} passes {row[5]}", flush=True)
+    p_a1, p_a = run_reference(net, data, patch, classes, device, amp, args.full_reference or device.type == "cuda",
+                              report)
+    runs = [("(b)  RCSegNeXt default", (), 0)]
+    if not args.skip_tta:
+        runs.append(("(c)  RCSegNeXt + TTA", tuple(plans.mirror_axes), 0))
+    if args.also_whole_volume:
+        runs.append(("(b') RCSegNeXt, whole-volume opt-in", (), None))
+    ours = run_ours(net, data, plans, device, amp, runs, args.overlap, report)
+    print_results(rows, ours, p_a1, p_a, classes)
     return 0
 
 

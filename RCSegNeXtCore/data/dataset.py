@@ -90,51 +90,57 @@ def parse_dataset_json(root: Path) -> Tuple[dict, Dict[str, int], Dict[str, str]
     except ValueError as exc:
         problems.append(Problem(where, f"{path} is not valid JSON: {exc}", "fix the syntax (e.g. trailing commas)"))
         return {}, {}, {}, "", problems
-
-    labels: Dict[str, int] = {}
-    raw_labels = raw.get("labels")
-    if not isinstance(raw_labels, dict) or not raw_labels:
-        problems.append(Problem(where, "has no \"labels\" mapping (nnU-Net requires it)",
-                                f"add e.g. \"labels\": {json.dumps(DEFAULT_LABELS)}"))
-    else:
-        for name, value in raw_labels.items():
-            if isinstance(value, bool) or not isinstance(value, int):
-                problems.append(Problem(where, f"label '{name}' has value {json.dumps(value)}; region-based or "
-                                        "non-integer labels are not supported",
-                                        "give each label one integer value"))
-            elif not 0 <= value <= 255:
-                problems.append(Problem(where, f"label '{name}' has value {value}, outside 0..255",
-                                        "renumber the labels 0, 1, 2, ..."))
-            else:
-                labels[str(name)] = value
-        values = sorted(labels.values())
-        if len(set(values)) != len(values):
-            problems.append(Problem(where, f"labels {json.dumps(raw_labels)} give one value several names",
-                                    "give each value one name"))
-        elif labels and values != list(range(len(values))):
-            problems.append(Problem(where, f"label values {values} are not consecutive from 0",
-                                    f"renumber them 0..{len(values) - 1} (background must be 0), in the "
-                                    "label files too"))
-
-    channels = raw.get("channel_names", raw.get("modality"))
-    channel_names: Dict[str, str] = {}
-    if not isinstance(channels, dict) or not channels:
-        problems.append(Problem(where, "has no \"channel_names\" mapping",
-                                f"add e.g. \"channel_names\": {json.dumps(DEFAULT_CHANNELS)}"))
-    else:
-        channel_names = {str(k): str(v) for k, v in channels.items()}
-        keys = sorted(channel_names, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))
-        if keys != [str(i) for i in range(len(keys))]:
-            problems.append(Problem(where, f"channel_names keys {keys} are not \"0\", \"1\", ...",
-                                    "number the channels from \"0\" in file-suffix order (_0000, _0001, ...)"))
-        channel_names = {k: channel_names[k] for k in keys}
-
+    labels = _parse_labels(raw.get("labels"), problems)
+    channel_names = _parse_channel_names(raw.get("channel_names", raw.get("modality")), problems)
     file_ending = raw.get("file_ending")
     if not isinstance(file_ending, str) or not file_ending.lower().endswith(IMAGE_EXTENSIONS):
         problems.append(Problem(where, f"\"file_ending\" is {json.dumps(file_ending)}",
                                 f"set it to one of {', '.join(IMAGE_EXTENSIONS)}"))
         file_ending = ""
     return raw, labels, channel_names, file_ending, problems
+
+
+def _parse_labels(raw_labels, problems: List[Problem]) -> Dict[str, int]:
+    """dataset.json's "labels": one integer 0..255 per name, the values consecutive from 0."""
+    where, labels = "dataset.json", {}
+    if not isinstance(raw_labels, dict) or not raw_labels:
+        problems.append(Problem(where, "has no \"labels\" mapping (nnU-Net requires it)",
+                                f"add e.g. \"labels\": {json.dumps(DEFAULT_LABELS)}"))
+        return labels
+    for name, value in raw_labels.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(Problem(where, f"label '{name}' has value {json.dumps(value)}; region-based or "
+                                    "non-integer labels are not supported",
+                                    "give each label one integer value"))
+        elif not 0 <= value <= 255:
+            problems.append(Problem(where, f"label '{name}' has value {value}, outside 0..255",
+                                    "renumber the labels 0, 1, 2, ..."))
+        else:
+            labels[str(name)] = value
+    values = sorted(labels.values())
+    if len(set(values)) != len(values):
+        problems.append(Problem(where, f"labels {json.dumps(raw_labels)} give one value several names",
+                                "give each value one name"))
+    elif labels and values != list(range(len(values))):
+        problems.append(Problem(where, f"label values {values} are not consecutive from 0",
+                                f"renumber them 0..{len(values) - 1} (background must be 0), in the "
+                                "label files too"))
+    return labels
+
+
+def _parse_channel_names(channels, problems: List[Problem]) -> Dict[str, str]:
+    """dataset.json's "channel_names" (or nnU-Net v1's "modality"): keys "0", "1", ... in file-suffix order."""
+    where = "dataset.json"
+    if not isinstance(channels, dict) or not channels:
+        problems.append(Problem(where, "has no \"channel_names\" mapping",
+                                f"add e.g. \"channel_names\": {json.dumps(DEFAULT_CHANNELS)}"))
+        return {}
+    channel_names = {str(k): str(v) for k, v in channels.items()}
+    keys = sorted(channel_names, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))
+    if keys != [str(i) for i in range(len(keys))]:
+        problems.append(Problem(where, f"channel_names keys {keys} are not \"0\", \"1\", ...",
+                                "number the channels from \"0\" in file-suffix order (_0000, _0001, ...)"))
+    return {k: channel_names[k] for k in keys}
 
 
 def _scan_images(folder: Path, num_channels: int) -> Tuple[Dict[str, Dict[int, List[Path]]], List[Problem]]:

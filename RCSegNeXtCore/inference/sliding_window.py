@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -132,6 +132,54 @@ def _pad_to(data: torch.Tensor, target: Sequence[int]) -> Tuple[torch.Tensor, Tu
     return data, tuple(region)
 
 
+class _Layout(NamedTuple):
+    padded: torch.Tensor                # (C, z, y, x), padded up to the window / the total stride
+    region: Tuple[slice, ...]           # the input inside `padded`
+    window: Tuple[int, ...]             # what one forward pass sees
+    tiles: List[Tuple[slice, ...]]
+    weight: torch.Tensor                # per-voxel weight of a window's logits (Gaussian for tiles)
+    whole: bool                         # one pass over the whole volume
+
+
+def _layout(networks, data: torch.Tensor, patch_size: Sequence[int], total_stride: Sequence[int],
+            overlap: Optional[float], whole_volume_max_voxels: Optional[int], device: torch.device) -> _Layout:
+    """Tiles at the patch size, or one whole-volume window when allowed and it fits (see predict_sliding_window)."""
+    shape = tuple(int(s) for s in data.shape[1:])
+    stride_padded = [int(math.ceil(s / t) * t) for s, t in zip(shape, total_stride)]
+    if whole_volume_max_voxels is None:
+        width = next((m.out_channels for m in networks[0].modules() if isinstance(m, torch.nn.Conv3d)), 32)
+        whole_volume_max_voxels = default_whole_volume_voxels(device, width)
+    if whole_volume_max_voxels > 0 and int(np.prod(stride_padded)) <= whole_volume_max_voxels:
+        padded, region = _pad_to(data, stride_padded)
+        window = tuple(int(s) for s in padded.shape[1:])
+        return _Layout(padded, region, window, [tuple(slice(0, s) for s in window)],
+                       torch.ones(window, dtype=torch.float32), True)
+    padded, region = _pad_to(data, [max(s, p) for s, p in zip(shape, patch_size)])
+    window = tuple(int(p) for p in patch_size)
+    return _Layout(padded, region, window, tile_grid(padded.shape[1:], window, overlap, total_stride),
+                   gaussian_importance(window), False)
+
+
+def _mean_logits(networks, batch: torch.Tensor, combos, num_classes: int, window, device: torch.device,
+                 amp: bool, on_pass: Callable[[], None]) -> torch.Tensor:
+    """Logits of a batch of windows averaged over the networks (folds) and mirrorings; `on_pass` after each pass."""
+    cuda = device.type == "cuda"
+    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+    logits_sum = torch.zeros((batch.shape[0], num_classes, *window), dtype=torch.float32, device=device)
+    for network in networks:
+        for combo in combos:
+            dims = [a + 2 for a in combo]
+            x = torch.flip(batch, dims) if dims else batch
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp and cuda):
+                logits = network(x)
+            if isinstance(logits, (list, tuple)):  # deep supervision: full resolution first
+                logits = logits[0]
+            logits = logits.float()
+            logits_sum += torch.flip(logits, dims) if dims else logits
+            on_pass()
+    return logits_sum / (len(networks) * len(combos))
+
+
 @torch.inference_mode()
 def predict_sliding_window(networks: Sequence[torch.nn.Module], data: torch.Tensor, patch_size: Sequence[int],
                            num_classes: int, *, total_stride: Sequence[int] = (1, 1, 1), overlap: Optional[float] = None,
@@ -149,57 +197,29 @@ def predict_sliding_window(networks: Sequence[torch.nn.Module], data: torch.Tens
     """
     device = torch.device(device)
     data = torch.as_tensor(data, dtype=torch.float32)
-    shape = tuple(int(s) for s in data.shape[1:])
-    stride_padded = [int(math.ceil(s / t) * t) for s, t in zip(shape, total_stride)]
-    if whole_volume_max_voxels is None:
-        width = next((m.out_channels for m in networks[0].modules() if isinstance(m, torch.nn.Conv3d)), 32)
-        whole_volume_max_voxels = default_whole_volume_voxels(device, width)
-    whole = whole_volume_max_voxels > 0 and int(np.prod(stride_padded)) <= whole_volume_max_voxels
-    if whole:
-        padded, region = _pad_to(data, stride_padded)
-        window = tuple(int(s) for s in padded.shape[1:])
-        tiles = [tuple(slice(0, s) for s in window)]
-        weight = torch.ones(window, dtype=torch.float32)
-    else:
-        padded, region = _pad_to(data, [max(s, p) for s, p in zip(shape, patch_size)])
-        window = tuple(int(p) for p in patch_size)
-        tiles = tile_grid(padded.shape[1:], window, overlap, total_stride)
-        weight = gaussian_importance(window)
+    layout = _layout(networks, data, patch_size, total_stride, overlap, whole_volume_max_voxels, device)
+    tiles, window = layout.tiles, layout.window
     combos = mirror_combinations(mirror_axes, window)
-    stats = WindowStats("whole-volume" if whole else "tiles", len(tiles), len(combos), len(networks), 0,
-                        tuple(int(s) for s in padded.shape[1:]),
+    stats = WindowStats("whole-volume" if layout.whole else "tiles", len(tiles), len(combos), len(networks), 0,
+                        tuple(int(s) for s in layout.padded.shape[1:]),
                         [len({t[a].start for t in tiles}) for a in range(3)])
     total = len(tiles) * len(combos) * len(networks)
-
-    cuda = device.type == "cuda"
-    memory_format = torch.channels_last_3d if cuda else torch.contiguous_format
-    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
-    padded = padded.to(device)
-    weight = weight.to(device)
+    memory_format = torch.channels_last_3d if device.type == "cuda" else torch.contiguous_format
+    padded, weight = layout.padded.to(device), layout.weight.to(device)
     summed = torch.zeros((num_classes, *padded.shape[1:]), dtype=torch.float32, device=device)
     weights = torch.zeros(padded.shape[1:], dtype=torch.float32, device=device)
-    done = 0
-    for first in range(0, len(tiles), max(int(batch_tiles), 1)):
-        batch_slices = tiles[first:first + max(int(batch_tiles), 1)]
+    step = max(int(batch_tiles), 1)
+    for first in range(0, len(tiles), step):
+        batch_slices = tiles[first:first + step]
+
+        def on_pass(n=len(batch_slices)) -> None:
+            stats.forward_passes += n
+            if progress is not None:
+                progress(stats.forward_passes, total)
         batch = torch.stack([padded[(slice(None), *t)] for t in batch_slices]).contiguous(memory_format=memory_format)
-        logits_sum = torch.zeros((len(batch_slices), num_classes, *window), dtype=torch.float32, device=device)
-        for network in networks:
-            for combo in combos:
-                dims = [a + 2 for a in combo]
-                x = torch.flip(batch, dims) if dims else batch
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp and cuda):
-                    logits = network(x)
-                if isinstance(logits, (list, tuple)):  # deep supervision: full resolution first
-                    logits = logits[0]
-                logits = logits.float()
-                logits_sum += torch.flip(logits, dims) if dims else logits
-                done += len(batch_slices)
-                stats.forward_passes += len(batch_slices)
-                if progress is not None:
-                    progress(done, total)
-        logits_sum /= len(networks) * len(combos)
-        for t, p in zip(batch_slices, logits_sum):
+        logits = _mean_logits(networks, batch, combos, num_classes, window, device, amp, on_pass)
+        for t, p in zip(batch_slices, logits):
             summed[(slice(None), *t)] += p * weight
             weights[t] += weight
     summed /= weights.clamp_min(1e-12)
-    return torch.softmax(summed[(slice(None), *region)], dim=0).cpu(), stats
+    return torch.softmax(summed[(slice(None), *layout.region)], dim=0).cpu(), stats
