@@ -1,7 +1,10 @@
-"""Patch placement of the sampler: nnU-Net's margin (windows may leave the case) and the demo's foreground jitter."""
+"""Patch placement of the sampler: nnU-Net's margin (windows may leave the case) and the demo's foreground jitter;
+which samples are forced onto foreground (nnU-Net's batch-position rule, per DDP rank)."""
 import numpy as np
+import pytest
 
-from RCSegNeXtCore.training.sampler import PatchSampler, TrainingCase, class_locations_from
+from RCSegNeXtCore.training.sampler import (PatchSampler, TrainingCase, class_locations_from, forced_positions,
+                                            rank_slice)
 
 SHAPE = (4, 40, 40)
 
@@ -55,3 +58,43 @@ def test_jitter_keeps_the_voxel_in_the_final_patch_at_varying_positions():
     assert offset_x.min() >= 0 and offset_x.max() <= p - 2 * m - 1 and starts[:, 2].max() == 40 - p + m
     crop = labels[:, :, m:p - m, m:p - m]
     assert ((crop == 2).reshape(len(crop), -1).sum(1) == 1).all()
+
+
+# -- which samples are forced: nnU-Net v2.1's rule, not a coin per patch -------------------------------------------
+@pytest.mark.parametrize("batch, expected", [
+    (1, [False]), (2, [False, True]), (3, [False, False, True]), (4, [False, False, False, True]),
+    (6, [False] * 4 + [True] * 2), (12, [False] * 8 + [True] * 4)])
+def test_the_last_samples_of_a_batch_are_forced(batch, expected):
+    # sample i forced iff not i < round(B * (1 - 0.33))
+    assert forced_positions(batch, 0.33) == expected
+
+
+@pytest.mark.parametrize("global_batch, world, expected", [
+    (2, 2, [[False], [True]]),                                   # the paper's batch 2 on 2 GPUs: rank 1 forces
+    (4, 2, [[False, False], [False, True]]),
+    (4, 4, [[False], [False], [False], [True]]),
+    (6, 3, [[False, False], [False, False], [True, True]]),
+    (12, 4, [[False] * 3, [False] * 3, [False, False, True], [True] * 3])])
+def test_under_ddp_each_rank_forces_its_slice_of_the_global_rule(global_batch, world, expected):
+    per_rank = []
+    for rank in range(world):
+        offset, size = rank_slice(global_batch, rank, world)
+        per_rank.append(forced_positions(size, 0.33, global_batch, offset))
+    assert per_rank == expected
+    assert sum(per_rank, []) == forced_positions(global_batch, 0.33)
+
+
+def test_sampler_forces_the_same_positions_in_every_batch():
+    case = _coded_case()
+    sampler = PatchSampler([case], [4, 16, 16], seed=3)                     # defaults: 0.33, batch position
+    for _ in range(20):
+        assert sampler.batch(2)[2].tolist() == [False, True]
+    rank1 = PatchSampler([case], [4, 16, 16], seed=3, global_batch=4, batch_offset=2)
+    assert all(rank1.batch(2)[2].tolist() == [False, True] for _ in range(20))
+    rank0 = PatchSampler([case], [4, 16, 16], seed=3, global_batch=4, batch_offset=0)
+    assert not any(rank0.batch(2)[2].any() for _ in range(20))
+    coin = PatchSampler([case], [4, 16, 16], seed=3, oversample_rule="random", oversample_foreground=0.33)
+    fraction = np.mean([coin.batch(2)[2] for _ in range(1500)])
+    assert abs(fraction - 0.33) < 0.03                                      # 0.1's rule: a coin per patch
+    with pytest.raises(ValueError, match="oversample_rule"):
+        PatchSampler([case], [4, 16, 16], oversample_rule="last")

@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from RCSegNeXtCore.planning import make_plans_from_values  # noqa: E402
-from RCSegNeXtCore.training.augment import AugmentConfig, Augmenter, context_size  # noqa: E402
+from RCSegNeXtCore.training.augment import AugmentConfig, Augmenter, context_size, use_dummy_2d  # noqa: E402
 from RCSegNeXtCore.training.loss import DiceCELoss  # noqa: E402
 from RCSegNeXtCore.training.sampler import PatchSampler, TrainingCase, class_locations_from  # noqa: E402
 from RCSegNeXtCore.devices import resolve_device  # noqa: E402
@@ -37,6 +37,13 @@ def synthetic_case(shape, seed=0) -> TrainingCase:
     return TrainingCase(f"synthetic_{seed}", data, label, class_locations_from(None, label))
 
 
+# --augmentation: the official pipeline's augmentation (nnU-Net v2.1 + batchgenerators v1) or RCSegNeXt 0.1's choices
+AUGMENTATIONS = {
+    "nnunet_v1": {},
+    "0.1": dict(spatial_scaling="all_axes_uniform", noise_sd="sqrt", intensity="0.1", interpolation="linear_nearest"),
+}
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -51,6 +58,9 @@ def main(argv=None) -> int:
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--augmentation", choices=[*AUGMENTATIONS, "both"], default="nnunet_v1",
+                        help="nnunet_v1 (default, the official pipeline's), 0.1 (RCSegNeXt 0.1's), or both: "
+                             "alternate iterations in one process and report each")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -64,19 +74,25 @@ def main(argv=None) -> int:
     dtype = amp_dtype(device.type, True)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     loss_fn = DiceCELoss()
-    config = AugmentConfig(mirror_axes=list(plans.mirror_axes), anisotropic=True)
+    variants = list(AUGMENTATIONS) if args.augmentation == "both" else [args.augmentation]
+    dummy_2d = use_dummy_2d(args.patch, plans.target_spacing)
+    configs = {v: AugmentConfig(mirror_axes=list(plans.mirror_axes), dummy_2d=dummy_2d, **AUGMENTATIONS[v])
+               for v in variants}
     shape = [max(p, s) for p, s in zip(args.patch, [24, 400, 400])]
-    sampler = PatchSampler([synthetic_case(shape, i) for i in range(2)], context_size(args.patch, config), seed=0)
-    generator = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(0)
-    augmenter = Augmenter(args.patch, config, generator)
-    data_times, compute_times = [], []
-    for it in range(args.warmup + args.iterations):
+    sampler = PatchSampler([synthetic_case(shape, i) for i in range(2)], context_size(args.patch, configs[variants[0]]),
+                           seed=0)
+    augmenters = {v: Augmenter(args.patch, configs[v],
+                               torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(0))
+                  for v in variants}
+    data_times, compute_times = {v: [] for v in variants}, {v: [] for v in variants}
+    for it in range(len(variants) * (args.warmup + args.iterations)):
+        variant = variants[it % len(variants)]
         sync(device)
         t0 = time.perf_counter()
         images, labels, _ = sampler.batch(args.batch_size)
         x = torch.from_numpy(images).to(device)
         y = torch.from_numpy(labels).to(device)
-        x, y = augmenter(x, y)
+        x, y = augmenters[variant](x, y)
         sync(device)
         t1 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
@@ -90,20 +106,23 @@ def main(argv=None) -> int:
         scaler.update()
         sync(device)
         t2 = time.perf_counter()
-        if it >= args.warmup:
-            data_times.append(t1 - t0)
-            compute_times.append(t2 - t1)
-    data, compute = statistics.median(data_times), statistics.median(compute_times)
+        if it >= len(variants) * args.warmup:
+            data_times[variant].append(t1 - t0)
+            compute_times[variant].append(t2 - t1)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     amp = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
     print(f"device: {name}; AMP {amp}; batch {args.batch_size} x patch {args.patch}; base channels "
           f"{args.base_channels}; {args.iterations} timed iterations after {args.warmup} warm-up")
-    print("| part | median s/iteration | share |")
-    print("|---|---:|---:|")
-    total = data + compute
-    print(f"| data (sampling + augmentation) | {data:.4f} | {100 * data / total:.1f} % |")
-    print(f"| compute (forward + backward + step) | {compute:.4f} | {100 * compute / total:.1f} % |")
-    print(f"| total | {total:.4f} | 100 % |")
+    for variant in variants:
+        data, compute = statistics.median(data_times[variant]), statistics.median(compute_times[variant])
+        if len(variants) > 1:
+            print(f"\naugmentation {variant}:")
+        print("| part | median s/iteration | share |")
+        print("|---|---:|---:|")
+        total = data + compute
+        print(f"| data (sampling + augmentation) | {data:.4f} | {100 * data / total:.1f} % |")
+        print(f"| compute (forward + backward + step) | {compute:.4f} | {100 * compute / total:.1f} % |")
+        print(f"| total | {total:.4f} | 100 % |")
     if device.type == "cuda":
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f} GiB")
     return 0

@@ -48,10 +48,19 @@ class TrainingConfig:
     momentum: float = 0.99
     weight_decay: float = 3e-5
     grad_clip: float = 12.0
-    oversample_foreground: float = 1 / 3
+    oversample_foreground: float = 0.33         # nnU-Net's oversample_foreground_percent
+    oversample_rule: str = "batch_position"     # nnU-Net: the last B - round(0.67 B) of each (global) batch forced;
+                                                # "random": each patch with that probability (RCSegNeXt 0.1)
     jitter_foreground: bool = False             # forced-foreground voxel anywhere in the patch (the demo), not centred
     deep_supervision: bool = False              # heads on the coarser decoder stages (off in the paper)
     augment: bool = True
+    # augmentation variants (docs/nnunet_parity.md): nnU-Net v2.1 + batchgenerators v1 by default, RCSegNeXt 0.1 second
+    aug_dummy_2d_rule: str = "patch"            # in-plane spatial augmentation when max(patch)/patch[0] > 3 | "spacing"
+    aug_spatial_scaling: str = "in_plane_two_sided"  # dummy 2D scales y, x; 50/50 below/above 1 | "all_axes_uniform"
+    aug_noise_sd: str = "drawn"                 # noise SD = the U(0, 0.1) draw | "sqrt": its square root
+    aug_intensity: str = "nnunet_v1"            # blur all axes, per channel; low resolution per channel, cubic; gamma
+                                                # 50/50 below/above 1 | "0.1": in-plane blur, trilinear, uniform gamma
+    aug_interpolation: str = "cubic_onehot"     # image cubic B-spline, label one-hot linear | "linear_nearest"
     amp: bool = True                            # mixed precision, on CUDA only
     seed: int = 0
     deterministic: bool = False                 # deterministic algorithms (bit-identical resume)

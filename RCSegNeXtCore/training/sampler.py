@@ -1,7 +1,11 @@
 """Patch sampling from preprocessed cases with foreground oversampling (nnU-Net's recipe, Section 3.1).
 
-Each patch is, with probability `oversample_foreground` (1/3), centred on a random voxel of a random foreground
-class present in the case (tumour included), otherwise placed uniformly. Cases smaller than the patch are padded
+A forced patch is centred on a random voxel of a random foreground class present in the case (tumour included), the
+others are placed uniformly. Which patches are forced (`oversample_rule`): "batch_position" (nnU-Net v2.1, the
+default): sample i of a batch of B is forced iff not i < round(B (1 - oversample_foreground)), i.e. the last
+B - round(0.67 B) with 0.33 (1 of 2 at B = 2, 1 of 4 at B = 4); under DDP the rule is applied to the global batch
+and each rank forces the positions of its slice of it (`global_batch`, `batch_offset`). "random" (RCSegNeXt 0.1):
+each patch forced with probability `oversample_foreground`. Cases smaller than the patch are padded
 with zeros (labels: background); `margin` lets windows leave the case (nnU-Net's need_to_pad). With
 `jitter_foreground` the chosen voxel lands anywhere in the patch instead of at its centre: in short runs (the demo)
 centred patches teach the network "foreground is at the patch centre".
@@ -13,6 +17,24 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+OVERSAMPLE_RULES = ("batch_position", "random")
+
+
+def forced_positions(batch: int, oversample: float, global_batch: Optional[int] = None,
+                     offset: int = 0) -> List[bool]:
+    """nnU-Net's rule for the samples offset .. offset + batch - 1 of a global batch (default: this batch alone):
+    position i is forced onto foreground iff not i < round(global_batch * (1 - oversample))."""
+    total = batch if global_batch is None else global_batch
+    first_forced = round(total * (1 - oversample))
+    return [not i < first_forced for i in range(offset, offset + batch)]
+
+
+def rank_slice(global_batch: int, rank: int, world_size: int) -> Tuple[int, int]:
+    """(offset, size) of a rank's share of the global batch: the trainer gives every rank global // world samples
+    (at least 1), rank r the positions r * size .. (r + 1) * size - 1."""
+    size = max(1, global_batch // world_size)
+    return rank * size, size
 
 
 @dataclass
@@ -48,12 +70,18 @@ def class_locations_from(properties: dict | None, label: np.ndarray, max_per_cla
 class PatchSampler:
     """`images, labels, forced = sampler.batch(n)` -> ([n,C,*size] float32, [n,*size] int16, [n] bool)."""
 
-    def __init__(self, cases: Sequence[TrainingCase], size: Sequence[int], oversample_foreground: float = 1 / 3,
-                 seed: int = 0, jitter_foreground: bool = False, margin: Optional[Sequence[int]] = None):
+    def __init__(self, cases: Sequence[TrainingCase], size: Sequence[int], oversample_foreground: float = 0.33,
+                 seed: int = 0, jitter_foreground: bool = False, margin: Optional[Sequence[int]] = None,
+                 oversample_rule: str = "batch_position", global_batch: Optional[int] = None, batch_offset: int = 0):
         if not cases:
             raise ValueError("no training cases to sample from")
+        if oversample_rule not in OVERSAMPLE_RULES:
+            raise ValueError(f"oversample_rule must be one of {', '.join(map(repr, OVERSAMPLE_RULES))}, "
+                             f"not {oversample_rule!r}")
         self.cases, self.size = list(cases), [int(s) for s in size]
         self.oversample = oversample_foreground
+        self.oversample_rule = oversample_rule
+        self.global_batch, self.batch_offset = global_batch, batch_offset
         self.jitter = jitter_foreground
         # margin: how far a window may extend past each side of the case; nnU-Net lets the sampled (context)
         # window leave the case by half the context-minus-final-patch difference, so that the final patch,
@@ -63,9 +91,11 @@ class PatchSampler:
 
     def batch(self, n: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         images, labels, forced = [], [], []
-        for _ in range(n):
+        positions = forced_positions(n, self.oversample, self.global_batch, self.batch_offset) \
+            if self.oversample_rule == "batch_position" else None
+        for i in range(n):
             case = self.cases[int(self.rng.integers(len(self.cases)))]
-            force = bool(self.rng.random() < self.oversample)
+            force = positions[i] if positions is not None else bool(self.rng.random() < self.oversample)
             image, label, used = self.patch(case, force)
             images.append(image)
             labels.append(label)

@@ -1,9 +1,10 @@
 """The training loop: the paper's recipe (Section 3.1) with nnU-Net's details.
 
 SGD (lr 0.01, momentum 0.99, Nesterov, weight decay 3e-5), poly decay (0.9), 100 epochs x 250 iterations, Dice + CE,
-1/3 foreground oversampling, gradient clipping at 12, AMP on CUDA (bf16 where supported). Every epoch writes
-checkpoint_latest.pt (atomic, full state), metrics.json / metrics.csv, progress.png and a line in log.txt; the best
-exponential moving average of the validation pseudo-Dice gives checkpoint_best.pt; the end, checkpoint_final.pt.
+foreground oversampling (nnU-Net's: the last third of each batch), gradient clipping at 12, AMP on CUDA (bf16 where
+supported). Every epoch writes checkpoint_latest.pt (atomic, full state), metrics.json / metrics.csv, progress.png and
+a line in log.txt; the best exponential moving average of the validation pseudo-Dice gives checkpoint_best.pt; the
+end, checkpoint_final.pt.
 """
 from __future__ import annotations
 
@@ -23,13 +24,14 @@ from RCSegNeXtCore.devices import resolve_device, set_cpu_threads
 from RCSegNeXtCore.errors import ModelError
 from RCSegNeXtCore.progress import ProgressBar, format_seconds
 from RCSegNeXtCore.training import state as ckpt
-from RCSegNeXtCore.training.augment import AugmentConfig, Augmenter, context_size
+from RCSegNeXtCore.training.augment import AugmentConfig, Augmenter, context_size, use_dummy_2d
 from RCSegNeXtCore.training.config import TrainingConfig
 from RCSegNeXtCore.training.deep_supervision import DeepSupervision
 from RCSegNeXtCore.training.distributed import DistInfo, all_reduce_sum, barrier, gather_objects
 from RCSegNeXtCore.training.logs import RunLog, write_metrics
 from RCSegNeXtCore.training.loss import DiceCELoss
-from RCSegNeXtCore.training.sampler import PatchSampler, TrainingCase, numpy_rng_state, set_numpy_rng_state
+from RCSegNeXtCore.training.sampler import (PatchSampler, TrainingCase, numpy_rng_state, rank_slice,
+                                            set_numpy_rng_state)
 from RCSegNeXtCore.training.schedule import PolyLRScheduler
 
 EpochHook = Callable[[int, Dict[str, float]], None]   # (epoch index, its record), see Trainer.fit
@@ -105,10 +107,13 @@ class Trainer:
     def _build_sampling(self, train_cases: Sequence[TrainingCase]) -> None:
         """Batch and patch size, the patch sampler and the augmenter (each rank its own random streams)."""
         config, plans = self.config, self.plans
-        self.batch_size = max(1, plans.batch_size // self.dist.world_size)   # the plan's batch is the global one
+        # the plan's batch is the global one: this rank's share of it (and the share's position, for oversampling)
+        self.batch_offset, self.batch_size = rank_slice(plans.batch_size, self.dist.rank, self.dist.world_size)
         self.patch = list(plans.patch_size)
-        aniso = max(plans.target_spacing) / min(plans.target_spacing) > 3
-        self.aug_config = AugmentConfig(mirror_axes=list(plans.mirror_axes), anisotropic=aniso)
+        dummy_2d = use_dummy_2d(self.patch, plans.target_spacing, config.aug_dummy_2d_rule)
+        self.aug_config = AugmentConfig(mirror_axes=list(plans.mirror_axes), dummy_2d=dummy_2d,
+                                        spatial_scaling=config.aug_spatial_scaling, noise_sd=config.aug_noise_sd,
+                                        intensity=config.aug_intensity, interpolation=config.aug_interpolation)
         if not config.augment:
             self.aug_config = AugmentConfig(**{**asdict(self.aug_config), **{
                 k: 0.0 for k in asdict(self.aug_config) if k.startswith("p_")}})
@@ -116,11 +121,17 @@ class Trainer:
         context = context_size(self.patch, self.aug_config)
         self.sampler = PatchSampler(train_cases, context, config.oversample_foreground, seed=rank_seed,
                                     jitter_foreground=config.jitter_foreground,
-                                    margin=[(c - p) // 2 for c, p in zip(context, self.patch)])
+                                    margin=[(c - p) // 2 for c, p in zip(context, self.patch)],
+                                    **self._oversampling())
         gen_device = self.device if self.device.type == "cuda" else torch.device("cpu")
         generator = torch.Generator(device=gen_device)
         generator.manual_seed(rank_seed + 17)
         self.augmenter = Augmenter(self.patch, self.aug_config, generator)
+
+    def _oversampling(self) -> dict:
+        """The forced-foreground rule over the global batch: this rank's slice of it (nnU-Net under DDP)."""
+        return dict(oversample_rule=self.config.oversample_rule, global_batch=self.batch_size * self.dist.world_size,
+                    batch_offset=self.batch_offset)
 
     # -- state ------------------------------------------------------------------------------------------------
     def _rank_state(self) -> dict:
@@ -210,7 +221,7 @@ class Trainer:
         """nnU-Net's pseudo-Dice: TP/FP/FN summed over `val_iterations` patches of the held-out cases."""
         k = self.plans.num_classes
         sampler = PatchSampler(self.val_cases, self.patch, self.config.oversample_foreground,
-                               seed=10_000 + epoch * 100 + self.dist.rank)
+                               seed=10_000 + epoch * 100 + self.dist.rank, **self._oversampling())
         counts = torch.zeros(3, k - 1, dtype=torch.float64)
         losses = []
         self.network.eval()
