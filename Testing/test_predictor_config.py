@@ -2,11 +2,11 @@
 Predictor part is exactly Predictor's keyword arguments, and Predictor.from_config / run_prediction take it."""
 from __future__ import annotations
 
-import argparse
 import inspect
 
 import numpy as np
 
+from cli_helpers import command_parser, options_left_at_default
 from RCSegNeXtCore.commands import predict as predict_command
 from RCSegNeXtCore.inference.config import PREDICTOR_OPTIONS, PredictionConfig
 from RCSegNeXtCore.inference.predictor import Predictor
@@ -21,17 +21,14 @@ EXPECTED = PredictionConfig(
     format="seg.nrrd", save_probabilities=True, progress_json=True, overwrite=True, series="T2")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser()
-    predict_command.add_arguments(parser)
-    return parser
+def _parser():
+    return command_parser(predict_command)
 
 
 def test_every_predict_option_lands_in_the_config():
     parser = _parser()
     args = parser.parse_args(EVERY_OPTION)
-    unset = [a.option_strings[0] for a in parser._actions
-             if a.dest not in ("help", "input", "output", "model") and getattr(args, a.dest) == a.default]
+    unset = options_left_at_default(parser, args, ignore=("input", "output", "model"))
     assert not unset, f"add {unset} to EVERY_OPTION (and its field to EXPECTED)"
     assert predict_command.config_from_args(args) == EXPECTED
     defaults = predict_command.config_from_args(parser.parse_args(["-i", "IN", "-o", "OUT", "-m", "MODEL"]))

@@ -2,7 +2,6 @@
 records it, and no code below the command layer takes parsed arguments."""
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from dataclasses import fields
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import command_parser, options_left_at_default
 from RCSegNeXtCore.commands import train as train_command
 from RCSegNeXtCore.training.config import (RECORD_NAME, TrainingConfig, load_training_config,
                                            save_training_config)
@@ -32,17 +32,14 @@ EXPECTED = TrainingConfig(
     device="cpu", gpus=2, num_workers=3, threads=2, resume=True, validate=False, check_memory=False)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser()
-    train_command.add_arguments(parser)
-    return parser
+def _parser():
+    return command_parser(train_command)
 
 
 def test_every_train_option_lands_in_the_config():
     parser = _parser()
     args = parser.parse_args(EVERY_OPTION)
-    options = [a for a in parser._actions if a.dest not in ("help", "fold", "dataset")]
-    unset = [a.option_strings[0] for a in options if getattr(args, a.dest) == a.default]
+    unset = options_left_at_default(parser, args, ignore=("fold", "dataset"))
     assert not unset, f"add {unset} to EVERY_OPTION (and its field to EXPECTED)"
     assert train_command.config_from_args(args) == EXPECTED
     # --fold (one fold) is the other spelling of --folds
