@@ -84,6 +84,14 @@ def test_under_ddp_each_rank_forces_its_slice_of_the_global_rule(global_batch, w
     assert sum(per_rank, []) == forced_positions(global_batch, 0.33)
 
 
+@pytest.mark.parametrize("global_batch, world, slices", [
+    (2, 2, [(0, 1), (1, 1)]), (5, 2, [(0, 3), (3, 2)]), (7, 3, [(0, 3), (3, 3), (6, 1)]),   # nnU-Net's ceil split
+    (4, 3, [(0, 2), (2, 1), (3, 1)]),                       # nnU-Net: 2, 2, 0 (a rank without samples): even
+    (1, 2, [(0, 1), (1, 1)])])                              # fewer samples than ranks: one each
+def test_ranks_split_the_global_batch_as_nnunet(global_batch, world, slices):
+    assert [rank_slice(global_batch, r, world) for r in range(world)] == slices
+
+
 def test_sampler_forces_the_same_positions_in_every_batch():
     case = _coded_case()
     sampler = PatchSampler([case], [4, 16, 16], seed=3)                     # defaults: 0.33, batch position

@@ -31,10 +31,22 @@ def forced_positions(batch: int, oversample: float, global_batch: Optional[int] 
 
 
 def rank_slice(global_batch: int, rank: int, world_size: int) -> Tuple[int, int]:
-    """(offset, size) of a rank's share of the global batch: the trainer gives every rank global // world samples
-    (at least 1), rank r the positions r * size .. (r + 1) * size - 1."""
-    size = max(1, global_batch // world_size)
-    return rank * size, size
+    """(offset, size) of a rank's share of the global batch, as nnU-Net v2.1.2 splits it: ceil(B / world) samples
+    per rank, the last ranks what is left. Where that would leave a rank without samples (4 over 3 ranks: nnU-Net's
+    2, 2, 0) the batch is spread evenly instead (2, 1, 1); a global batch smaller than the number of ranks grows to
+    one sample per rank (`global_batch_size`)."""
+    total = global_batch_size(global_batch, world_size)
+    per = -(-total // world_size)
+    if (world_size - 1) * per < total:
+        offset = rank * per
+        return offset, min(per, total - offset)
+    base, extra = divmod(total, world_size)
+    return rank * base + min(rank, extra), base + (1 if rank < extra else 0)
+
+
+def global_batch_size(global_batch: int, world_size: int) -> int:
+    """The global batch the ranks train: the plan's, at least one sample per rank."""
+    return max(int(global_batch), int(world_size))
 
 
 @dataclass

@@ -30,8 +30,8 @@ from RCSegNeXtCore.training.deep_supervision import DeepSupervision
 from RCSegNeXtCore.training.distributed import DistInfo, all_reduce_sum, barrier, gather_objects
 from RCSegNeXtCore.training.logs import RunLog, write_metrics
 from RCSegNeXtCore.training.loss import DiceCELoss
-from RCSegNeXtCore.training.sampler import (PatchSampler, TrainingCase, numpy_rng_state, rank_slice,
-                                            set_numpy_rng_state)
+from RCSegNeXtCore.training.sampler import (PatchSampler, TrainingCase, global_batch_size, numpy_rng_state,
+                                            rank_slice, set_numpy_rng_state)
 from RCSegNeXtCore.training.schedule import PolyLRScheduler
 
 EpochHook = Callable[[int, Dict[str, float]], None]   # (epoch index, its record), see Trainer.fit
@@ -108,6 +108,7 @@ class Trainer:
         """Batch and patch size, the patch sampler and the augmenter (each rank its own random streams)."""
         config, plans = self.config, self.plans
         # the plan's batch is the global one: this rank's share of it (and the share's position, for oversampling)
+        self.global_batch = global_batch_size(plans.batch_size, self.dist.world_size)
         self.batch_offset, self.batch_size = rank_slice(plans.batch_size, self.dist.rank, self.dist.world_size)
         self.patch = list(plans.patch_size)
         dummy_2d = use_dummy_2d(self.patch, plans.target_spacing, config.aug_dummy_2d_rule)
@@ -130,7 +131,7 @@ class Trainer:
 
     def _oversampling(self) -> dict:
         """The forced-foreground rule over the global batch: this rank's slice of it (nnU-Net under DDP)."""
-        return dict(oversample_rule=self.config.oversample_rule, global_batch=self.batch_size * self.dist.world_size,
+        return dict(oversample_rule=self.config.oversample_rule, global_batch=self.global_batch,
                     batch_offset=self.batch_offset)
 
     # -- state ------------------------------------------------------------------------------------------------
@@ -274,7 +275,7 @@ class Trainer:
                        f"validation cases, device {self.device} x{self.dist.world_size}"
                        + (f" ({torch.get_num_threads()} CPU thread(s))" if self.device.type == "cpu" else "")
                        + f", AMP {amp}, batch "
-                       f"{self.batch_size * self.dist.world_size}, patch {self.patch}, epochs {cfg.epochs} x "
+                       f"{self.global_batch}, patch {self.patch}, epochs {cfg.epochs} x "
                        f"{cfg.iterations_per_epoch} iterations, lr {cfg.lr}, seed {cfg.seed}"
                        + (", deterministic" if cfg.deterministic else ""))
 

@@ -1,0 +1,79 @@
+"""Parity with the official pipeline (nnU-Net v2.1.2 + batchgenerators v1): runs each part of benchmarks/parity/ in
+the reference environment (created on first use, benchmarks/parity/environment.py) and prints ONE final JSON line
+with every part's headline numbers (docs/nnunet_parity.md).
+
+    python benchmarks/nnunet_parity.py                    # every part
+    python benchmarks/nnunet_parity.py --parts sampler    # some of them
+    python benchmarks/nnunet_parity.py --env /path/venv   # an existing reference environment
+
+A new part: one `Part` in PARTS (its module runs inside the environment as `python -m MODULE ARGS --json FILE`;
+`summarize` turns that JSON into the keys of the final line).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.parity import environment  # noqa: E402
+
+
+@dataclass
+class Part:
+    module: str
+    args: Callable[[argparse.Namespace], List[str]]
+    summarize: Callable[[dict], Dict[str, object]]
+
+
+PARTS: Dict[str, Part] = {
+    "augmentation": Part(
+        "benchmarks.parity.augmentation",
+        lambda a: ["--draws", str(a.draws), "--seed", str(a.seed)] + (["--sensitivity"] if a.sensitivity else []),
+        lambda r: {"augmentation_tests_failed": r["confirmed"], "augmentation_tests": r["tests"],
+                   "augmentation_tests_failed_first_stage": r["failed"],
+                   "augmentation_tests_failed_holm": r["failed_holm"],
+                   "augmentation_checks_failed": r["checks_failed"], "augmentation_draws": r["draws"],
+                   **({"augmentation_0.1_variants_tests_failed": r["sensitivity"]["failed"]}
+                      if "sensitivity" in r else {})}),
+    "sampler": Part(
+        "benchmarks.parity.sampler", lambda a: [],
+        lambda r: {"sampler_rule_mismatches": r["sampler_rule_mismatches"]}),
+}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS))
+    parser.add_argument("--env", type=Path, default=None, help="reference environment folder (default: "
+                        f"$RCSEGNEXT_PARITY_ENV or {environment.DEFAULT_DIR})")
+    parser.add_argument("--draws", type=int, default=10000, help="augmentation: samples per transform and side")
+    parser.add_argument("--seed", type=int, default=2025)
+    parser.add_argument("--sensitivity", action="store_true",
+                        help="augmentation: also test RCSegNeXt 0.1's variants (they should fail)")
+    parser.add_argument("--json", type=Path, default=None, help="also write every part's full result here")
+    args = parser.parse_args(argv)
+    python = environment.ensure(args.env)
+    summary: Dict[str, object] = {"reference": environment.installed(python)}
+    full = {}
+    for name in args.parts:
+        part = PARTS[name]
+        start = time.perf_counter()
+        print(f"== {name}", file=sys.stderr, flush=True)
+        result = environment.run(part.module, part.args(args), python=python)
+        full[name] = result
+        summary.update(part.summarize(result))
+        summary[f"{name}_seconds"] = round(time.perf_counter() - start, 1)
+    if args.json:
+        args.json.write_text(json.dumps({"summary": summary, "parts": full}, indent=1))
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
