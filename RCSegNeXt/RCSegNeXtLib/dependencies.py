@@ -3,7 +3,8 @@
 - torch comes from the PyTorch extension's `PyTorchUtils` (it picks the build for the GPU and CUDA driver); torch
   is never pip-installed by name here: that would pull a multi-GB default build that may not fit the machine.
 - numpy and SimpleITK are Slicer's own and are never replaced or upgraded.
-- anything else in `EXTRA_REQUIREMENTS` goes through `slicer.util.pip_install` (none is needed today).
+- anything else in `EXTRA_REQUIREMENTS` goes through `slicer.util.pip_install`: tqdm (the core's progress bars;
+  pure Python, under 1 MB).
 - torch is never imported into Slicer's process here: its version is read from the package metadata, and the GPU
   is probed in a short child process (`DeviceProbe`), so no CUDA context holds GPU memory for the whole session.
 All imports are inside functions.
@@ -17,7 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 MIN_TORCH = (2, 1)
 PROTECTED = ("numpy", "simpleitk", "vtk")  # Slicer's own: never install or upgrade from here
-EXTRA_REQUIREMENTS: List[str] = []
+EXTRA_REQUIREMENTS: List[str] = ["tqdm>=4.50"]
 
 
 class DependencyError(RuntimeError):

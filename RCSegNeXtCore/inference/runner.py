@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,15 +244,20 @@ def _predict_one(predictor, config: PredictionConfig, case: CaseInput, target: P
 
 def _tile_progress(events: JsonProgress, case_id: str, done: int, total: int, bar: bool):
     """The predictor's progress callback: "predict" lines, and for a single case on a terminal a bar over the
-    forward passes."""
+    forward passes. The bar's clock starts when preprocessing ends (the first pass starts then), so its rate and
+    ETA are right from the first pass on, although it learns the number of passes only when that pass is done."""
     passes = {}
 
     def on_progress(stage, step, steps):
+        if stage == "preprocess" and step == steps:
+            passes["start"] = time.perf_counter()
         if stage != "predict":
             return
         events.emit("predict", case_id, done, total, tiles_done=step, tiles_total=steps)
         if bar:
-            bar_ = passes.setdefault("bar", ProgressBar(steps, f"predict {case_id}", unit="pass"))
+            if "bar" not in passes:
+                passes["bar"] = ProgressBar(steps, f"predict {case_id}", unit="pass", start=passes.get("start"))
+            bar_ = passes["bar"]
             bar_.update(step - bar_.count)
             if step == steps:
                 bar_.close()
