@@ -1,10 +1,14 @@
 """Planning: kernels and pooling strides from the voxel spacing (the paper's Algorithm 1, Appendix A), a patch size
 for a dataset, and the plans.json built from them (paper Sec. 3).
 
-Target spacing = median spacing; patch size = the paper's [16, 320, 320], shrunk on axes where the median image
-(after resampling) is smaller, to the smallest size that covers it and is divisible by the total pooling stride;
-kernels and strides from Algorithm 1 with pooling stopped below 4 voxels (`plan_for_patch`); batch size 2.
-All spacings, sizes, kernels and strides are in (z, y, x) order; any axis may be the thick one.
+Target spacing = nnU-Net's rule (`target_spacing`: the median spacing, but the thick axis takes the 10th percentile of
+its spacings when the data are anisotropic in spacing and in voxels) or the plain median (`target_spacing_rule`);
+axis order = the thickest axis of that spacing first (`transpose_for`, nnU-Net's transpose_forward); patch size = the
+paper's [16, 320, 320], shrunk on axes where the median image (after resampling) is smaller, to the smallest size
+that covers it and is divisible by the total pooling stride; kernels and strides from Algorithm 1 with pooling
+stopped below 4 voxels (`plan_for_patch`); batch size 2.
+A plan's spacings, sizes, kernels and strides are in the network's (z, y, x) order, i.e. after the transpose; the
+fingerprint's are in the images' own order.
 """
 from __future__ import annotations
 
@@ -14,10 +18,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from RCSegNeXtCore.errors import PlanError
-from RCSegNeXtCore.plans import Architecture, Plans
+from RCSegNeXtCore.plans import TARGET_SPACING_RULES, Architecture, Plans
 from RCSegNeXtCore.strides import total_stride
 
 DEFAULT_PATCH_SIZE = (16, 320, 320)  # paper Sec. 3, Dataset A
+ANISOTROPY_THRESHOLD = 3.0           # nnU-Net's ANISO_THRESHOLD (target spacing rule)
 NUM_POOLING = 4                       # paper Appendix A: four poolings, five stages
 Triple = List[int]
 
@@ -142,18 +147,69 @@ def make_plans_from_values(spacing: Sequence[float], patch_size: Sequence[int] =
         overrides["channel_names"] = {str(k): str(v) for k, v in overrides["channel_names"].items()}
         overrides.setdefault("in_channels", len(overrides["channel_names"]))
         overrides.setdefault("normalization", ["zscore"] * len(overrides["channel_names"]))
+    overrides.setdefault("target_spacing_rule", "given")
     plans = Plans(target_spacing=spacing, patch_size=patch, kernels=kernels, strides=strides,
                   architecture=Architecture()).with_overrides(**overrides)
     plans.validate("plan")
     return plans
 
 
+def target_spacing(spacings: Sequence[Sequence[float]], shapes_after_crop: Sequence[Sequence[float]],
+                   rule: str = "nnunet") -> List[float]:
+    """The target spacing for cases of these spacings and cropped shapes (each in the images' own axis order).
+
+    "median": the per-axis median. "nnunet": nnU-Net v2.1.2's ExperimentPlanner.determine_fullres_target_spacing:
+    the median, but when the coarsest axis of it is > 3x the others' coarsest spacing AND the median shape has
+    < 1/3 of the others' smallest size along it, that axis takes the 10th percentile of the cases' spacings on it
+    (never below the others' coarsest spacing: then that + 1e-5)."""
+    if rule not in ("nnunet", "median"):
+        raise PlanError(f"target spacing rule {rule!r}: use nnunet or median")
+    spacings = np.asarray(spacings, dtype=float).reshape(-1, 3)
+    target = np.percentile(spacings, 50, 0)
+    if rule == "median":
+        return [float(v) for v in target]
+    size = np.percentile(np.asarray(shapes_after_crop, dtype=float).reshape(-1, 3), 50, 0)
+    worst = int(np.argmax(target))
+    others = [i for i in range(3) if i != worst]
+    other_spacing = max(target[i] for i in others)
+    anisotropic_spacing = target[worst] > ANISOTROPY_THRESHOLD * other_spacing
+    anisotropic_voxels = size[worst] * ANISOTROPY_THRESHOLD < min(size[i] for i in others)
+    if anisotropic_spacing and anisotropic_voxels:
+        value = float(np.percentile(spacings[:, worst], 10))
+        if value < other_spacing:
+            value = max(other_spacing, value) + 1e-5
+        target[worst] = value
+    return [float(v) for v in target]
+
+
+def transpose_for(spacing: Sequence[float]) -> List[int]:
+    """nnU-Net's transpose_forward for a target spacing in the images' order: the coarsest axis first (the first
+    of equals), the others in their order."""
+    worst = int(np.argmax(np.asarray(spacing, dtype=float)))
+    return [worst] + [i for i in range(3) if i != worst]
+
+
 def make_plans(fingerprint: Dict[str, Any], dataset: Optional[Any] = None, **overrides) -> Plans:
-    """The plan for a fingerprinted dataset; `overrides` (target_spacing, patch_size, base_channels, ...) win."""
+    """The plan for a fingerprinted dataset; `overrides` (target_spacing, patch_size, base_channels, ...) win.
+
+    `target_spacing_rule` ("nnunet", default, or "median") chooses the target spacing, `transpose_forward` may fix the
+    axis order (default: the coarsest axis of the rule's spacing first); a given `target_spacing` is in the network's
+    order (after the transpose)."""
     overrides = _split_overrides(overrides)
-    spacing = [float(s) for s in overrides.pop("target_spacing", fingerprint["median_spacing"])]
-    median_crop = np.asarray(fingerprint["median_shape_after_crop"], dtype=float)
-    median_spacing = np.asarray(fingerprint["median_spacing"], dtype=float)
+    rule = overrides.pop("target_spacing_rule", "nnunet")
+    if rule not in TARGET_SPACING_RULES:
+        raise PlanError(f"target_spacing_rule {rule!r}: use one of {', '.join(TARGET_SPACING_RULES)}")
+    cases = fingerprint.get("cases") or []
+    if cases and rule != "given":
+        ruled = target_spacing([c["spacing"] for c in cases], [c["shape_after_crop"] for c in cases], rule)
+    else:
+        ruled = [float(s) for s in fingerprint["median_spacing"]]
+    order = [int(a) for a in overrides.pop("transpose_forward", transpose_for(ruled))]
+    if "target_spacing" in overrides:
+        rule = "given"
+    spacing = [float(s) for s in overrides.pop("target_spacing", [ruled[a] for a in order])]
+    median_crop = np.asarray(fingerprint["median_shape_after_crop"], dtype=float)[order]
+    median_spacing = np.asarray(fingerprint["median_spacing"], dtype=float)[order]
     median_shape = median_crop * median_spacing / np.asarray(spacing)  # median case on the target grid
     num_pooling = int(overrides.get("num_pooling", NUM_POOLING))
     patch = overrides.pop("patch_size", None) or fit_patch_size(spacing, median_shape, DEFAULT_PATCH_SIZE,
@@ -165,6 +221,7 @@ def make_plans(fingerprint: Dict[str, Any], dataset: Optional[Any] = None, **ove
                   intensity_properties=fingerprint["intensity_properties"],
                   dataset_name=str(fingerprint.get("dataset_name", "")),
                   num_training_cases=int(fingerprint["num_cases"]),
-                  slice_orientation=fingerprint.get("slice_orientation"))
+                  slice_orientation=fingerprint.get("slice_orientation"),
+                  transpose_forward=order, target_spacing_rule=rule)
     values.update(overrides)
     return make_plans_from_values(spacing, patch, **values)

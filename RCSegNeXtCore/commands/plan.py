@@ -20,12 +20,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aniso-block", help="block of the anisotropic stages (default aninext)")
     parser.add_argument("--iso-block", help="block of the isotropic stages (default isonext)")
     parser.add_argument("--batch-size", type=int, help="training batch size (default 2)")
+    parser.add_argument("--target-spacing-rule", choices=("nnunet", "median"), default=None,
+                        help="target spacing from a dataset: nnunet (default: the median, but a thick axis with few "
+                             "voxels takes the 10th percentile of its spacings, as nnU-Net v2) or median (0.1)")
+    parser.add_argument("--no-transpose", action="store_true",
+                        help="keep the images' axis order (default: the thickest axis first, as nnU-Net v2)")
+    parser.add_argument("--resampling", nargs="+", metavar="KEY=VALUE", default=None,
+                        help="resampling settings of plans.json, e.g. restore=probabilities image_interpolation=bicubic "
+                             "label_rule=keep_classes (RCSegNeXt 0.1's choices; docs/preprocessing.md)")
     parser.add_argument("--fingerprint", help="also write the dataset fingerprint (JSON) to this file")
     parser.add_argument("--workers", type=int, default=1, help="processes reading cases (default 1)")
     parser.add_argument("--slice-plane", choices=("sagittal", "coronal", "axial", "none"), default=None,
                         help="plane of the training series, recorded so that predict warns about a series in another "
                              "plane and picks the right series of a study folder (default: the dataset's; without "
                              "a dataset sagittal, this product's plane; none: record no plane)")
+
+
+def _resampling(pairs):
+    """KEY=VALUE words -> the plan's resampling object (numbers as numbers), None when none are given."""
+    if not pairs:
+        return None
+    from RCSegNeXtCore.errors import PlanError
+    from RCSegNeXtCore.plans import RESAMPLING_DEFAULTS
+    settings = dict(RESAMPLING_DEFAULTS)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in settings:
+            raise PlanError(f"--resampling {pair!r}: give KEY=VALUE with KEY one of {', '.join(RESAMPLING_DEFAULTS)}")
+        kind = type(RESAMPLING_DEFAULTS[key])
+        try:
+            settings[key] = kind(value)
+        except ValueError:
+            raise PlanError(f"--resampling {pair!r}: {key} takes a {kind.__name__}") from None
+    return settings
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,8 +63,10 @@ def run(args: argparse.Namespace) -> int:
     from RCSegNeXtCore.errors import PlanError
 
     overrides = dict(base_channels=args.base_channels, scale=args.scale, expansion=args.expansion,
-                     aniso_block=args.aniso_block, iso_block=args.iso_block, batch_size=args.batch_size)
+                     aniso_block=args.aniso_block, iso_block=args.iso_block, batch_size=args.batch_size,
+                     resampling=_resampling(args.resampling), transpose_forward=[0, 1, 2] if args.no_transpose else None)
     if args.dataset:
+        overrides["target_spacing_rule"] = args.target_spacing_rule
         from RCSegNeXtCore.data.dataset import load_dataset
         from RCSegNeXtCore.data.fingerprint import compute_fingerprint
         dataset = load_dataset(args.dataset)
@@ -57,7 +86,11 @@ def run(args: argparse.Namespace) -> int:
         plans.slice_orientation = None if plane == "none" else plane
     path = plans.save(args.output)
     print(f"plans from {source} -> {path}")
-    print(f"  target spacing (z,y,x) {plans.target_spacing}   patch {plans.patch_size}   batch {plans.batch_size}")
+    print(f"  target spacing (z,y,x) {plans.target_spacing} ({plans.target_spacing_rule})   patch {plans.patch_size}"
+          f"   batch {plans.batch_size}")
+    if plans.transpose_forward != [0, 1, 2]:
+        print(f"  axes transposed {plans.transpose_forward} (the images' thickest axis first); the values here are in "
+              "that order")
     print(f"  kernels {plans.kernels}")
     print(f"  strides {plans.strides}")
     print(f"  labels {plans.labels}   channels {plans.channel_names}   normalisation {plans.normalization}")

@@ -22,8 +22,10 @@ from RCSegNeXtCore.plans import Plans
 from RCSegNeXtCore.progress import ProgressBar
 
 # the plan fields that change the preprocessed arrays (the network width, batch size, ... do not)
-PREPROCESSING_FIELDS = ("target_spacing", "normalization", "crop_to_nonzero", "resampling", "labels",
-                        "channel_names", "intensity_properties")
+PREPROCESSING_FIELDS = ("target_spacing", "transpose_forward", "normalization", "crop_to_nonzero", "resampling",
+                        "labels", "channel_names", "intensity_properties")
+# resampling settings that only act after the network (how a prediction goes back to the original grid)
+RESTORE_SETTINGS = ("restore", "restore_order", "restore_order_thick_axis")
 _RESERVED = {"plans", "dataset"}
 
 
@@ -55,6 +57,7 @@ def preprocessing_signature(plans: Plans) -> Dict[str, Any]:
     """The plan fields that determine the cached arrays (dataset intensity statistics only matter for 'ct')."""
     data = plans.to_dict()
     signature = {name: data.get(name) for name in PREPROCESSING_FIELDS}
+    signature["resampling"] = {k: v for k, v in data["resampling"].items() if k not in RESTORE_SETTINGS}
     if "ct" not in plans.normalization:
         signature["intensity_properties"] = None
     return signature

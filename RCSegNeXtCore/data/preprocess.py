@@ -1,9 +1,11 @@
 """One case from scanner grid to network grid and back: crop, normalise, resample (nnU-Net's order of steps).
 
-`preprocess_case` crops to the non-zero region, z-scores each channel (statistics inside the crop), and resamples
-to `plans.target_spacing` (paper Sec. 3: Dataset A at [4.0, 0.875, 0.875]); a case already at the target spacing is
-not resampled, so mapping it back is exact. `restore_to_original` undoes the geometry for class probabilities.
-Every step is recorded in a JSON-able `properties` dict that travels with the case (cache, predictor).
+`preprocess_case` puts the axes in the network's order (`plans.transpose_forward`: the thickest axis first, as
+nnU-Net), crops to the non-zero region, z-scores each channel (statistics inside the crop), and resamples to
+`plans.target_spacing` (paper Sec. 3: Dataset A at [4.0, 0.875, 0.875]); a case already at the target spacing is not
+resampled, so mapping it back is exact. `restore_to_original` undoes the geometry for the network's logits (then
+softmax, nnU-Net's export) or class probabilities, as the plan's `resampling.restore` says. Every step is recorded
+in a JSON-able `properties` dict that travels with the case (cache, predictor).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from RCSegNeXtCore.data.io import Geometry, Image
 from RCSegNeXtCore.data.resample import (new_shape_for_spacing, resample_image, resample_label,
                                          resample_probabilities, same_spacing)
 from RCSegNeXtCore.errors import DatasetError, PlanError
-from RCSegNeXtCore.plans import Plans
+from RCSegNeXtCore.plans import Plans, inverse_permutation, resampling_settings
 
 MAX_CLASS_LOCATIONS = 10_000  # sampled voxels per foreground class, for foreground oversampling in training
 
@@ -107,32 +109,40 @@ def _check_label(label: np.ndarray, shape: Sequence[int], plans: Plans) -> None:
 
 
 def preprocess_case(image: Image, plans: Plans, label: Optional[np.ndarray] = None) -> PreprocessedCase:
-    """Crop to non-zero, normalise, resample to `plans.target_spacing`; records every step in `properties`."""
+    """Transpose (thickest axis first), crop to non-zero, normalise, resample to `plans.target_spacing`; records
+    every step in `properties` (crop box, shapes and spacing on the transposed grid)."""
     data = _channels_first(image, plans)
     geometry = image.geometry
     if label is not None:
         _check_label(label, geometry.shape, plans)
-    bbox = nonzero_bbox(data) if plans.crop_to_nonzero else [[0, int(n)] for n in geometry.shape]
+    order = [int(a) for a in plans.transpose_forward]
+    if order != [0, 1, 2]:
+        data = data.transpose(0, *[a + 1 for a in order])
+        label = None if label is None else label.transpose(order)
+    shape = [int(n) for n in data.shape[1:]]
+    bbox = nonzero_bbox(data) if plans.crop_to_nonzero else [[0, n] for n in shape]
     crop = bbox_slices(bbox)
     data = normalize(data[(slice(None), *crop)], plans.normalization, plans.intensity_properties)
     if label is not None:
         label = label[crop]
     shape_after_crop = [int(n) for n in data.shape[1:]]
-    spacing, target = [float(s) for s in geometry.spacing], [float(s) for s in plans.target_spacing]
-    r = plans.resampling
+    spacing = [float(geometry.spacing[a]) for a in order]
+    target = [float(s) for s in plans.target_spacing]
+    r = resampling_settings(plans.resampling)
     new_shape = list(shape_after_crop) if same_spacing(spacing, target) else \
         list(new_shape_for_spacing(shape_after_crop, spacing, target))
-    threshold = float(r.get("anisotropy_threshold", 3.0))
+    threshold = float(r["anisotropy_threshold"])
     if new_shape != shape_after_crop:
-        data = resample_image(data, new_shape, spacing, target, int(r.get("image_order", 3)),
-                              int(r.get("image_order_thick_axis", 0)), threshold)
+        data = resample_image(data, new_shape, spacing, target, int(r["image_order"]), int(r["image_order_thick_axis"]),
+                              threshold, r["image_interpolation"])
         if label is not None:
-            label = resample_label(label, new_shape, spacing, target, int(r.get("label_order", 1)),
-                                   int(r.get("label_order_thick_axis", 0)), threshold)
+            label = resample_label(label, new_shape, spacing, target, int(r["label_order"]),
+                                   int(r["label_order_thick_axis"]), threshold, r["label_rule"])
     properties: Dict[str, Any] = {
-        "original_geometry": geometry.to_dict(), "crop_bbox": bbox, "shape_after_crop": shape_after_crop,
-        "spacing": spacing, "target_spacing": target, "shape_after_resampling": [int(n) for n in data.shape[1:]],
-        "resampled": new_shape != shape_after_crop, "resampling": dict(r)}
+        "original_geometry": geometry.to_dict(), "transpose_forward": order, "crop_bbox": bbox,
+        "shape_after_crop": shape_after_crop, "spacing": spacing, "target_spacing": target,
+        "shape_after_resampling": [int(n) for n in data.shape[1:]], "resampled": new_shape != shape_after_crop,
+        "resampling": r}
     if label is not None:
         label = np.ascontiguousarray(label, dtype=np.int8)
         present = [int(v) for v in np.unique(label)]
@@ -141,22 +151,31 @@ def preprocess_case(image: Image, plans: Plans, label: Optional[np.ndarray] = No
     return PreprocessedCase(np.ascontiguousarray(data, dtype=np.float32), label, properties)
 
 
-def restore_to_original(probabilities, properties: Dict[str, Any]) -> np.ndarray:
-    """(K, z, y, x) probabilities on the preprocessed grid (numpy or torch, any device) -> float32 (K, Z, Y, X) on
-    the original grid: resampled back to the cropped region (linear, same anisotropic scheme) and padded with
-    background (class 0 probability 1) outside it."""
+def restore_to_original(values, properties: Dict[str, Any], logits: bool = False) -> np.ndarray:
+    """(K, z, y, x) class probabilities, or the network's logits (`logits=True`), on the preprocessed grid (numpy or
+    torch, any device) -> float32 probabilities (K, Z, Y, X) on the original grid: resampled back to the cropped
+    region with the plan's restore orders (`resampling.restore_order`, `restore_order_thick_axis`; logits in float64,
+    then softmax, as nnU-Net's export), padded with background (class 0 probability 1) outside it, and transposed
+    back to the original axis order."""
+    import torch
     shape_after_crop = [int(n) for n in properties["shape_after_crop"]]
     expected = [int(n) for n in properties["shape_after_resampling"]]
-    if list(probabilities.shape[1:]) != expected:
-        raise ValueError(f"probabilities have spatial shape {list(probabilities.shape[1:])}, but this case was "
+    if list(values.shape[1:]) != expected:
+        raise ValueError(f"probabilities have spatial shape {list(values.shape[1:])}, but this case was "
                          f"preprocessed to {expected}")
-    r = properties.get("resampling", {})
-    restored = resample_probabilities(probabilities, shape_after_crop, properties["spacing"],
-                                      properties["target_spacing"], 1, int(r.get("probability_order_thick_axis", 1)),
-                                      float(r.get("anisotropy_threshold", 3.0)))
-    restored = restored.detach().cpu().numpy().astype(np.float32, copy=False)
+    r = resampling_settings(properties.get("resampling"))
+    values = torch.as_tensor(values).detach().cpu()
+    restored = resample_probabilities(values.double() if logits else values, shape_after_crop, properties["spacing"],
+                                      properties["target_spacing"], int(r["restore_order"]),
+                                      int(r["restore_order_thick_axis"]), float(r["anisotropy_threshold"]))
+    if logits:
+        restored = torch.softmax(restored.float(), dim=0)
+    restored = restored.numpy().astype(np.float32, copy=False)
+    order = [int(a) for a in properties.get("transpose_forward", (0, 1, 2))]
     original = Geometry.from_dict(properties["original_geometry"])
-    out = np.zeros((restored.shape[0], *original.shape), dtype=np.float32)
+    out = np.zeros((restored.shape[0], *[original.shape[a] for a in order]), dtype=np.float32)
     out[0] = 1.0
     out[(slice(None), *bbox_slices(properties["crop_bbox"]))] = restored
+    if order != [0, 1, 2]:
+        out = np.ascontiguousarray(out.transpose(0, *[a + 1 for a in inverse_permutation(order)]))
     return out

@@ -1,9 +1,10 @@
 """The predictor: a volume on disk (any grid) -> label map and probabilities on exactly that grid.
 
 read -> preprocess exactly as plans.json says -> sliding window (inference.sliding_window) over every chosen fold
-(softmax averaged) -> probabilities restored to the input grid -> argmax. Optional `resize_to` first resamples the
-input to a fixed voxel grid over the same physical extent (as the paper did for its external Dataset B,
-[21, 512, 512]) and maps the probabilities back to the original grid before the argmax.
+(logits averaged) -> restored to the input grid as the plan's `resampling.restore` says (the logits resampled, then
+softmax, as nnU-Net's export; or, for 0.1 plans, the softmax resampled) -> argmax. Optional `resize_to` first
+resamples the input to a fixed voxel grid over the same physical extent (as the paper did for its external Dataset
+B, [21, 512, 512]) and maps the probabilities back to the original grid before the argmax.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from RCSegNeXtCore.inference.config import PredictionConfig
 from RCSegNeXtCore.inference.export import provenance
 from RCSegNeXtCore.inference.model_folder import ModelFolder
 from RCSegNeXtCore.inference.sliding_window import WindowStats, predict_sliding_window
+from RCSegNeXtCore.plans import resampling_settings
 from RCSegNeXtCore.strides import total_stride
 
 # progress(stage, done, total): stage "preprocess" | "predict" (done/total = forward passes) | "restore"
@@ -49,7 +51,9 @@ def model_plane(model: ModelFolder) -> Optional[str]:
 def input_warnings(geometry: Geometry, model: ModelFolder, source: str = "input") -> List[str]:
     """Why an input may be far from the training data: spacing per axis off by > 2x, another slice plane."""
     found = []
-    reference = model.plans.median_spacing or model.plans.target_spacing
+    plans = model.plans
+    # the training data's spacing in the input's axis order (the plan's is after its transpose)
+    reference = [float((plans.median_spacing or plans.target_spacing)[a]) for a in plans.transpose_backward]
     ratios = np.asarray(geometry.spacing, float) / np.asarray(reference, float)
     if (ratios > 2.0).any() or (ratios < 0.5).any():
         found.append(f"{source}: spacing (z,y,x) {tuple(round(s, 4) for s in geometry.spacing)} is far from the "
@@ -155,14 +159,15 @@ class Predictor:
                                    order_thick_axis=1)
         case = preprocess_case(Image(array, geometry), self.plans)
         notify("preprocess", 1, 1)
-        probabilities, stats = predict_sliding_window(
+        restore_logits = resampling_settings(self.plans.resampling)["restore"] == "logits"
+        values, stats = predict_sliding_window(
             self.networks, torch.from_numpy(np.ascontiguousarray(case.data)), self.plans.patch_size,
             self.plans.num_classes, total_stride=self.total_stride, overlap=self.tile_overlap,
             mirror_axes=self.plans.mirror_axes if self.tta else (), batch_tiles=self.batch_tiles,
             whole_volume_max_voxels=self.whole_volume_max_voxels, device=self.device, amp=self.amp,
-            progress=lambda done, total: notify("predict", done, total))
+            progress=lambda done, total: notify("predict", done, total), logits=restore_logits)
         notify("restore", 0, 1)
-        restored = restore_to_original(probabilities, case.properties)
+        restored = restore_to_original(values, case.properties, logits=restore_logits)
         restored = torch.as_tensor(restored, dtype=torch.float32)
         if geometry is not original:
             restored = resample_probabilities(restored, original.shape, geometry.spacing, original.spacing)

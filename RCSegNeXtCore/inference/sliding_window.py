@@ -185,9 +185,10 @@ def predict_sliding_window(networks: Sequence[torch.nn.Module], data: torch.Tens
                            num_classes: int, *, total_stride: Sequence[int] = (1, 1, 1), overlap: Optional[float] = None,
                            mirror_axes: Sequence[int] = (), batch_tiles: int = 1,
                            whole_volume_max_voxels: Optional[int] = 0, device: str | torch.device = "cpu",
-                           amp: bool = False, progress: Optional[ProgressFn] = None
+                           amp: bool = False, progress: Optional[ProgressFn] = None, logits: bool = False
                            ) -> Tuple[torch.Tensor, WindowStats]:
-    """Softmax probabilities (K, z, y, x) float32 on the CPU for a preprocessed (C, z, y, x) volume.
+    """Softmax probabilities (K, z, y, x) float32 on the CPU for a preprocessed (C, z, y, x) volume; with
+    `logits=True` the averaged logits instead (nnU-Net resamples those to the original grid before the softmax).
 
     `whole_volume_max_voxels`: 0 (default) always tiles at the patch size (what a patch-trained network with
     instance norms needs); > 0 runs ONE pass over the whole volume when its stride-padded size has at most this many
@@ -217,9 +218,10 @@ def predict_sliding_window(networks: Sequence[torch.nn.Module], data: torch.Tens
             if progress is not None:
                 progress(stats.forward_passes, total)
         batch = torch.stack([padded[(slice(None), *t)] for t in batch_slices]).contiguous(memory_format=memory_format)
-        logits = _mean_logits(networks, batch, combos, num_classes, window, device, amp, on_pass)
-        for t, p in zip(batch_slices, logits):
+        mean = _mean_logits(networks, batch, combos, num_classes, window, device, amp, on_pass)
+        for t, p in zip(batch_slices, mean):
             summed[(slice(None), *t)] += p * weight
             weights[t] += weight
     summed /= weights.clamp_min(1e-12)
-    return torch.softmax(summed[(slice(None), *layout.region)], dim=0).cpu(), stats
+    summed = summed[(slice(None), *layout.region)]
+    return (summed if logits else torch.softmax(summed, dim=0)).cpu(), stats
