@@ -53,6 +53,9 @@ class TrainingConfig:
                                                 # "random": each patch with that probability (RCSegNeXt 0.1)
     jitter_foreground: bool = False             # forced-foreground voxel anywhere in the patch (the demo), not centred
     deep_supervision: bool = False              # heads on the coarser decoder stages (off in the paper)
+    batch_dice: Optional[bool] = None           # Dice over the whole batch; None: nnU-Net 2.1's rule (True only when
+                                                # a 3d_lowres would be planned: patch < 1/4 of the median image;
+                                                # training/loss.py); True: RCSegNeXt 0.1
     augment: bool = True
     # augmentation variants (docs/nnunet_parity.md): nnU-Net v2.1 + batchgenerators v1 by default, RCSegNeXt 0.1 second
     aug_dummy_2d_rule: str = "patch"            # in-plane spatial augmentation when max(patch)/patch[0] > 3 | "spacing"
@@ -71,6 +74,8 @@ class TrainingConfig:
     threads: Optional[int] = None               # CPU threads per process (None: the idle cores)
     resume: bool = False                        # continue fold_K/checkpoint_latest.pt
     validate: bool = True                       # predict and evaluate the held-out cases after a fold
+    validation_tta: bool = True                 # ... with mirroring TTA over the plan's axes (nnU-Net's final
+                                                # validation); False: RCSegNeXt 0.1
     check_memory: bool = True                   # estimate CPU memory before the slow work
     progress: bool = True                       # progress bars
     max_seconds: Optional[float] = None         # time budget (the demo): the schedule is fitted to it

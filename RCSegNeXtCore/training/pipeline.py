@@ -211,12 +211,12 @@ def run_training(setup: RunSetup) -> List[Dict]:
         dist = init_distributed(config.device)
         if config.validate and val_ids and dist.is_main:
             result = validate_fold(setup.run_dir, int(fold), setup.dataset, val_ids, device=config.device,
-                                   progress=config.progress)
+                                   progress=config.progress, tta=config.validation_tta)
             print(fold_summary_line(result), flush=True)
             results.append(result)
         barrier(dist)
     if results and init_distributed(config.device).is_main:
         report = write_report(setup.run_dir)
         if report is not None:
-            print(report.read_text(), flush=True)
+            print(report.read_text(encoding="utf-8"), flush=True)
     return results

@@ -29,7 +29,7 @@ from RCSegNeXtCore.training.config import TrainingConfig
 from RCSegNeXtCore.training.deep_supervision import DeepSupervision
 from RCSegNeXtCore.training.distributed import DistInfo, all_reduce_sum, barrier, gather_objects
 from RCSegNeXtCore.training.logs import RunLog, write_metrics
-from RCSegNeXtCore.training.loss import DiceCELoss
+from RCSegNeXtCore.training.loss import DiceCELoss, resolve_batch_dice
 from RCSegNeXtCore.training.sampler import (PatchSampler, TrainingCase, global_batch_size, numpy_rng_state,
                                             rank_slice, set_numpy_rng_state)
 from RCSegNeXtCore.training.schedule import PolyLRScheduler
@@ -65,7 +65,8 @@ class Trainer:
         self.device = resolve_device(config.device, allow_mps=True)
         self._configure_torch()
         self._build_model()                                    # (this order keeps every random stream as it was)
-        self.loss = DiceCELoss()
+        self.batch_dice, self.batch_dice_reason = resolve_batch_dice(config.batch_dice, plans)
+        self.loss = DiceCELoss(batch_dice=self.batch_dice, ddp=self.dist.enabled)
         self._build_sampling(train_cases)
         self.start_epoch, self.history, self.best_ema = 0, [], None
         self.ema: Optional[float] = None
@@ -278,6 +279,7 @@ class Trainer:
                        f"{self.global_batch}, patch {self.patch}, epochs {cfg.epochs} x "
                        f"{cfg.iterations_per_epoch} iterations, lr {cfg.lr}, seed {cfg.seed}"
                        + (", deterministic" if cfg.deterministic else ""))
+        self.log.write(f"loss: Dice + CE, batch Dice {self.batch_dice} ({self.batch_dice_reason})")
 
     def run_epoch(self, epoch: int, budget: "EpochBudget") -> Dict[str, float]:
         """One epoch: the iterations, validation, the EMA score, checkpoints latest (and best), metrics, log line."""
