@@ -183,12 +183,13 @@ def test_low_res_equals_nearest_down_then_the_cubic_spline_up():
 
 
 # -- row 7: the kernels are scipy's ----------------------------------------------------------------------------
-def test_cubic_and_linear_sampling_equal_scipy_map_coordinates():
+@pytest.mark.parametrize("recursive", [True, False])          # the CPU's recursion, the GPU's matrix product
+def test_cubic_and_linear_sampling_equal_scipy_map_coordinates(recursive):
     ndimage = require_module("scipy.ndimage", "scipy")
     rng = np.random.default_rng(1)
     image = rng.normal(size=(2, 1, 6, 9, 11)).astype(np.float32)
     points = rng.uniform(-1.0, 11.0, size=(2, 4, 5, 6, 3))
-    coefficients = K.bspline_prefilter(torch.from_numpy(image), (2, 3, 4))
+    coefficients = K.bspline_prefilter(torch.from_numpy(image), (2, 3, 4), recursive=recursive)
     cubic = K.bspline_sample(coefficients, torch.from_numpy(points)).numpy()
     linear = K.linear_sample(torch.from_numpy(image), torch.from_numpy(points)).numpy()
     for i in range(2):

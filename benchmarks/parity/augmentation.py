@@ -170,8 +170,9 @@ def _ramp(n: int, lo: float, hi: float) -> np.ndarray:
 
 
 def spatial_probe(context: List[int], dummy_2d: bool) -> Tuple[np.ndarray, np.ndarray]:
-    """image [1, Z, Y, X], label [1, Z, Y, X]: a class-1 box off the axes' symmetry, a class-2 marker above it (in
-    dummy 2D on the even slices only, so any mixing of slices shows), a ramp plus the labels as the image."""
+    """image [C, Z, Y, X], label [1, Z, Y, X]: a class-1 box off the axes' symmetry, a class-2 marker above it; the
+    image a ramp plus the labels; in dummy 2D a second channel holding each slice's number + 1 (and the marker on the
+    even slices only), so any mixing of slices shows."""
     z, y, x = context
     label = np.zeros((z, y, x), np.int16)
     cy, cx = y // 2, x // 2
@@ -184,15 +185,17 @@ def spatial_probe(context: List[int], dummy_2d: bool) -> Tuple[np.ndarray, np.nd
         label[cz - 1:cz + 1, cy - 7:cy - 5, cx - 1:cx + 1] = 2
     zz, yy, xx = np.indices((z, y, x), dtype=np.float32)
     image = (yy + 2 * xx) / (y + 2 * x) + 3 * (label == 1) + 5 * (label == 2)
-    return image[None].astype(np.float32), label[None]
+    channels = [image, zz + 1] if dummy_2d else [image]
+    return np.stack(channels).astype(np.float32), label[None]
 
 
 def spatial_stats(image: np.ndarray, label: np.ndarray, base_image, base_label,
                   dummy_2d: bool) -> Dict[str, np.ndarray]:
     """Per sample: changed (not the centre crop), class-1 size (per axis extents), marker angle / radius / z offset
-    (from the patch centre), marker on an odd slice (dummy 2D), image mean and SD."""
+    (from the patch centre), image mean and SD; dummy 2D: marker on an odd slice, slices mixed (channel 1 holding
+    another value than its own slice's number or 0 outside)."""
     n = len(image)
-    lab, img = label.reshape(n, *label.shape[-3:]), image.reshape(n, *image.shape[-3:])
+    lab, img = label.reshape(n, *label.shape[-3:]), image[:, 0]
     changed = ~(np.all(np.isclose(img, base_image[None], atol=1e-4), axis=(1, 2, 3))
                 & np.all(lab == base_label[None], axis=(1, 2, 3)))
     centre = (np.array(lab.shape[1:]) - 1) / 2
@@ -207,6 +210,9 @@ def spatial_stats(image: np.ndarray, label: np.ndarray, base_image, base_label,
     out["marker_radius"] = np.where(count > 0, np.hypot(cy, cx), np.nan)
     if dummy_2d:
         out["marker_on_odd_slice"] = marker[:, 1::2].any((1, 2, 3))
+        own = np.arange(1, lab.shape[1] + 1, dtype=np.float32)[None, :, None, None]
+        code = image[:, 1]
+        out["slices_mixed"] = ~((np.abs(code) < 1e-3) | (np.abs(code - own) < 1e-3)).all((1, 2, 3))
     else:
         out["marker_z_offset"] = np.where(count > 0, cz, np.nan)
         one = lab == 1
@@ -230,7 +236,7 @@ def run_spatial(report: Report, our_config: AugmentConfig, n: int, seed: int, du
     o_img, o_lab = ours(cfg, patch, seed, lambda a, x, y: a.spatial(x, y[:, 0]), data, seg)
     start = [(c - p) // 2 for c, p in zip(context, patch)]
     crop = tuple(slice(s, s + p) for s, p in zip(start, patch))
-    base_image, base_label = image[0][crop], label[0][crop]
+    base_image, base_label = image[0][crop], label[0][crop]            # channel 0
     so = spatial_stats(o_img, o_lab, base_image, base_label, dummy_2d)
     st = spatial_stats(t_img, t_lab, base_image, base_label, dummy_2d)
     name = f"spatial {tag}"
@@ -239,8 +245,9 @@ def run_spatial(report: Report, our_config: AugmentConfig, n: int, seed: int, du
     if dummy_2d:
         report.fired(name, "a slice's label moved to another slice", so["marker_on_odd_slice"],
                      st["marker_on_odd_slice"], expected=0.0)
+        report.fired(name, "slices mixed (image)", so["slices_mixed"], st["slices_mixed"], expected=0.0)
     for key in so:
-        if key in ("changed", "marker_on_odd_slice"):
+        if key in ("changed", "marker_on_odd_slice", "slices_mixed"):
             continue
         report.ks(name, f"{key} (fired)", so[key][so["changed"]], st[key][st["changed"]])
 
@@ -554,6 +561,46 @@ def confirm(report: Report, config: AugmentConfig, n: int, seed: int, factor: in
     return rows
 
 
+def speed(batch: int, patch: List[int], repeats: int, threads: int, device: str = "cpu") -> dict:
+    """Seconds per batch of our Augmenter, official vs RCSegNeXt 0.1 variants, interleaved in one process (a noisy
+    machine slows both alike): with nnU-Net's probabilities, and with every transform firing (its cost when it
+    fires). Sampling is not included."""
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    dummy_2d = use_dummy_2d(patch, [4.0, 0.875, 0.875])
+    from RCSegNeXtCore.training.augment import context_size
+    context = context_size(patch, AugmentConfig(dummy_2d=dummy_2d))
+    rng = torch.Generator().manual_seed(0)
+    image = torch.randn((batch, 1, *context), generator=rng).to(dev)
+    label = (torch.rand((batch, *context), generator=rng) * 3).to(torch.int16).to(dev)
+    always = {k: 1.0 for k in AugmentConfig.__dataclass_fields__ if k.startswith("p_") and k != "p_mirror"}
+    configs = {(variant, mode): AugmentConfig(dummy_2d=dummy_2d, **(OLD_VARIANTS if variant == "0.1" else {}),
+                                              **(always if mode == "every transform" else {}))
+               for variant in ("nnunet_v1", "0.1") for mode in ("nnU-Net probabilities", "every transform")}
+    gen_device = dev if dev.type == "cuda" else torch.device("cpu")
+    augmenters = {k: Augmenter(patch, c, torch.Generator(device=gen_device).manual_seed(1)) for k, c in configs.items()}
+    times: Dict[tuple, List[float]] = {k: [] for k in configs}
+    for r in range(repeats + 1):
+        for key, aug in augmenters.items():
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            aug(image, label)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            if r:                                              # the first round warms up
+                times[key].append(time.perf_counter() - start)
+    rows = [{"variant": v, "mode": m, "median_s": float(np.median(times[(v, m)])),
+             "ratio_to_0.1": float(np.median(times[(v, m)]) / np.median(times[("0.1", m)]))} for v, m in configs]
+    print(f"\n## augmentation speed: batch {batch} x context {context} -> patch {patch}, {device}, "
+          f"{threads} thread(s), median of {repeats}\n")
+    print("| variant | probabilities | s / batch | vs 0.1 |")
+    print("|---|---|---:|---:|")
+    for row in rows:
+        print(f"| {row['variant']} | {row['mode']} | {row['median_s']:.3f} | {row['ratio_to_0.1']:.2f} |")
+    return {"batch": batch, "patch": patch, "context": context, "device": device, "threads": threads, "rows": rows}
+
+
 def print_table(report: Report, title: str) -> None:
     print(f"\n## {title}\n")
     print("| transform | test | test statistic | p | n ours / theirs | |")
@@ -573,7 +620,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--sensitivity", action="store_true",
                         help="also test RCSegNeXt 0.1's variants (expected to differ where the rows were fixed)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--speed", action="store_true", help="only time our augmentation (official vs 0.1 "
+                        "variants; any environment with the core): --speed-batch, --speed-patch, --speed-repeats")
+    parser.add_argument("--speed-batch", type=int, default=2)
+    parser.add_argument("--speed-patch", type=int, nargs=3, default=[16, 320, 320])
+    parser.add_argument("--speed-repeats", type=int, default=20)
+    parser.add_argument("--device", default="cpu", help="--speed only")
     args = parser.parse_args(argv)
+    if args.speed:
+        result = speed(args.speed_batch, args.speed_patch, args.speed_repeats, args.threads, args.device)
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=1))
+        return 0
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     config = AugmentConfig()

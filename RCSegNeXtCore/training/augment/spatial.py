@@ -16,7 +16,8 @@ from typing import Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from RCSegNeXtCore.training.augment.kernels import bspline_prefilter, bspline_sample, linear_sample, nearest_sample
+from RCSegNeXtCore.training.augment.kernels import (bspline_prefilter, bspline_sample, inside, linear_sample,
+                                                   nearest_sample)
 
 
 def rotation_matrices(angles: torch.Tensor) -> torch.Tensor:
@@ -71,30 +72,28 @@ def resample(image: torch.Tensor, label: torch.Tensor, m: torch.Tensor, patch: S
     in_plane = bool((m[:, 0] == torch.tensor([1.0, 0, 0], dtype=m.dtype)).all()
                     and (m[:, 1:, 0] == 0).all()) and image.shape[2] == patch[0]
     dev = image.device
-    n, c = image.shape[:2]
+    n, c, z = image.shape[:3]
     k = int(label.max()) + 1 if label.numel() else 1
-    onehot = F.one_hot(label.long().clamp_min(0), k).movedim(-1, 1).float()   # [N, K, Z, Y, X]
-    if in_plane:          # dummy 2D: every slice through the same in-plane transform, as a batch of 2D images
-        z = image.shape[2]
-        points = _points(m[:, 1:, 1:], image.shape[3:], patch[1:])             # [N, Py, Px, 2]
-        points = points.repeat_interleave(z, 0).to(dev)
-        flat = image.float().transpose(1, 2).reshape(n * z, c, *image.shape[3:])
-        out = bspline_sample(bspline_prefilter(flat, (2, 3)), points)
-        out_image = out.reshape(n, z, c, *patch[1:]).transpose(1, 2)
-        onehot = onehot.transpose(1, 2).reshape(n * z, k, *image.shape[3:])
-        labels = label.reshape(n * z, 1, *image.shape[3:]).float()
+    classes = torch.arange(k, device=label.device, dtype=label.dtype).view(1, k, *([1] * (label.ndim - 1)))
+    onehot = (label[:, None] == classes).float()                               # [N, K, Z, Y, X]
+    if in_plane:   # dummy 2D: the slices of a sample are channels of one 2D image (batchgenerators' Convert3DTo2D)
+        points = _points(m[:, 1:, 1:], image.shape[3:], patch[1:]).to(dev)     # [N, Py, Px, 2]
+        flat = image.float().reshape(n, c * z, *image.shape[3:])
+        out_image = bspline_sample(bspline_prefilter(flat, (2, 3)), points).reshape(n, c, z, *patch[1:])
+        scores = linear_sample(onehot.reshape(n, k * z, *image.shape[3:]), points).reshape(n, k, z, *patch[1:])
+        nearest = nearest_sample(label.float(), points).long()[:, None]       # [N, 1, Z, Py, Px]
+        outside = ~inside(points, image.shape[3:])[:, None]                     # [N, 1, Py, Px]
     else:
         points = _points(m, image.shape[2:], patch).to(dev)
         out_image = bspline_sample(bspline_prefilter(image.float(), (2, 3, 4)), points)
-        labels = label[:, None].float()
-    scores = linear_sample(onehot, points)
-    nearest = nearest_sample(labels, points).long().clamp(0, k - 1)
+        scores = linear_sample(onehot, points)
+        nearest = nearest_sample(label[:, None].float(), points).long()       # [N, 1, Pz, Py, Px]
+        outside = ~inside(points, image.shape[2:])
+    nearest = nearest.clamp(0, k - 1)
     best, winner = scores.max(1)                                           # ties: the lowest label ...
     near_score = scores.gather(1, nearest)[:, 0]
     winner = torch.where((near_score == best) & (near_score > 0), nearest[:, 0], winner)   # ... or the nearest's
-    winner = torch.where(best > 0, winner, torch.zeros_like(winner))        # outside the input: background
-    if in_plane:
-        winner = winner.reshape(n, image.shape[2], *patch[1:])
+    winner = winner.masked_fill(outside, 0)                                # outside the input: background
     return out_image.to(image.dtype if image.is_floating_point() else torch.float32), winner.to(label.dtype)
 
 
