@@ -18,63 +18,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset-json", default=None, help="dataset.json with the class names (default: plan's)")
     parser.add_argument("--fold", type=int, default=0, help="fold the checkpoint belongs to (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing fold checkpoint")
-
-
-def _numpy_scalar_globals() -> list:
-    """numpy scalars and dtypes (nnU-Net's 'logging' lists hold np.float64): plain data, allowed under
-    weights_only=True; nothing else is added to torch's allow-list."""
-    import numpy as np
-    try:
-        from numpy._core.multiarray import scalar
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import scalar
-    kinds = (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8, np.bool_)
-    return [scalar, np.dtype, *{type(np.dtype(k)) for k in kinds}]
-
-
-def _reason(exc: BaseException) -> str:
-    """The useful line of torch's weights_only refusal (e.g. 'Unsupported global: GLOBAL builtins.exec')."""
-    import re
-
-    from RCSegNeXtCore.errors import first_line
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-    match = re.search(r"(Unsupported global: [^\n]+|Unsupported operand[^\n]*|Trying to [^\n]+)", text)
-    return match.group(1).strip() if match else first_line(exc)
+    parser.add_argument("--no-onnx", action="store_true",
+                        help="do not write fold_K/model.onnx (inference without PyTorch; `export-onnx` writes it later)")
 
 
 def read_official_state_dict(path) -> dict:
-    """The network weights of an official checkpoint, loaded with weights_only=True."""
-    import pickle
-    import zipfile
-    from pathlib import Path
-
-    import torch
-
-    from RCSegNeXtCore.errors import ModelError
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: checkpoint not found")
-    try:
-        with torch.serialization.safe_globals(_numpy_scalar_globals()):
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except (zipfile.BadZipFile, EOFError) as exc:
-        raise ModelError(f"{path}: corrupt or truncated checkpoint ({exc})") from None
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as exc:
-        reason = _reason(exc)
-        raise ModelError(
-            f"{path}: refused: loading with weights_only=True failed because the file holds Python objects other "
-            f"than tensors ({reason}). Unpickling such objects can run code, so it is not done here. If you trust "
-            "the file, extract the weights in a separate Python session (load it there with weights_only=False "
-            "and torch.save only its 'network_weights' dict as weights.pt), then import weights.pt") from None
-    if isinstance(data, dict):
-        for key in ("network_weights", "state_dict", "network", "model"):
-            if isinstance(data.get(key), dict):
-                data = data[key]
-                break
-    if not isinstance(data, dict) or not data or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise ModelError(f"{path}: holds no state_dict (expected a dict with 'network_weights' or a dict of tensors)")
-    return data
+    """The network weights of an official checkpoint, loaded with weights_only=True (nnunet_import.py)."""
+    from RCSegNeXtCore.nnunet_import import read_official_state_dict as read
+    return read(path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,4 +61,7 @@ def run(args: argparse.Namespace) -> int:
     save_checkpoint(target, network.state_dict(), plans.network_signature(),
                     imported_from=str(Path(args.checkpoint).name))
     print(f"imported {args.checkpoint} -> {target}")
+    if not args.no_onnx:
+        from RCSegNeXtCore.inference.onnx_export import export_fold_or_note
+        print(export_fold_or_note(out, args.fold, network=network, plans=plans))
     return 0
