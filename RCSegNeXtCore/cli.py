@@ -23,6 +23,8 @@ COMMANDS = {
     "train": "train",
     "init-model": "init_model",
     "import-official": "import_official",
+    "import-nnunet": "import_nnunet",
+    "export-onnx": "export_onnx",
     "predict": "predict",
     "evaluate": "evaluate",
     "report": "report",

@@ -43,8 +43,10 @@ def test_train_script_then_predict(phantom, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("plans.json", "dataset.json", "splits_final.json", "fold_0/checkpoint_final.pt",
                  "fold_0/checkpoint_best.pt", "fold_0/checkpoint_latest.pt", "fold_0/log.txt",
-                 "fold_0/metrics.json", "fold_0/metrics.csv", "fold_0/validation/metrics.json", "report.md"):
+                 "fold_0/metrics.json", "fold_0/metrics.csv", "fold_0/validation/metrics.json", "report.md",
+                 "fold_0/model.onnx", "fold_0/model.onnx.json"):
         assert (run / name).is_file(), name
+    assert "fold_0/model.onnx: exported for inference without PyTorch" in result.stdout
     plans = json.loads((run / "plans.json").read_text())
     assert plans["architecture"]["base_channels"] == 4 and plans["patch_size"] == [16, 32, 32]
     splits = json.loads((run / "splits_final.json").read_text())

@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="record this training plane in the model folder (predict warns about a series in "
                              "another plane and picks it in a study folder); default: the plan's; none: no plane")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing model folder's files")
+    parser.add_argument("--no-onnx", action="store_true",
+                        help="do not write fold_K/model.onnx (inference without PyTorch; `export-onnx` writes it later)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
         if dataset_json is not None:  # plans.json is then the one place that says it (predict reads both)
             dataset_json.pop("slice_orientation", None)
     out = init_model_folder(plans, args.output, dataset_json, folds=folds, seed=args.seed,
-                            base_channels=args.base_channels, overwrite=args.overwrite)
+                            base_channels=args.base_channels, overwrite=args.overwrite,
+                            export_onnx=not args.no_onnx, log=print)
     print(f"model folder with random weights: {out} (folds {', '.join(map(str, folds))}; "
           f"slice plane {plans.slice_orientation or 'none'})")
     return 0

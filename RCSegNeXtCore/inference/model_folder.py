@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 
@@ -149,8 +149,10 @@ def write_model_description(out: Path, plans: Plans, dataset_json: Optional[Dict
 
 def init_model_folder(plans: Plans, out_dir: str | os.PathLike, dataset_json: Optional[Dict] = None,
                       folds: Sequence[Fold] = (0,), seed: int = 0, base_channels: Optional[int] = None,
-                      overwrite: bool = False) -> Path:
-    """A model folder with random weights (for tests, timing and the Slicer module's tests)."""
+                      overwrite: bool = False, export_onnx: bool = True,
+                      log: Optional[Callable[[str], None]] = None) -> Path:
+    """A model folder with random weights (for tests, timing and the Slicer module's tests); with `export_onnx`
+    each fold also gets fold_K/model.onnx (inference without PyTorch; `log` receives one line per fold)."""
     out = Path(out_dir)
     if (out / "plans.json").exists() and not overwrite:
         raise ModelError(f"{out}: already holds a model folder; choose another folder or delete it first")
@@ -163,4 +165,9 @@ def init_model_folder(plans: Plans, out_dir: str | os.PathLike, dataset_json: Op
         network = plans.build_network()
         save_checkpoint(out / f"fold_{fold}" / "checkpoint_final.pt", network.state_dict(),
                         plans.network_signature(), random_init=True, seed=fold_seed)
+        if export_onnx:
+            from RCSegNeXtCore.inference.onnx_export import export_fold_or_note
+            line = export_fold_or_note(out, fold, network=network, plans=plans)
+            if log is not None:
+                log(line)
     return out

@@ -95,7 +95,7 @@ class _HierarchicalSplit(nn.Module):
     def __init__(self, channels: int, kernel: Kernel, scale: int, depthwise: bool, norm_act: bool):
         super().__init__()
         width = channels // scale
-        self.scale = scale
+        self.scale, self.width = scale, width
         self.convs = nn.ModuleList(
             nn.Conv3d(width, width, tuple(kernel), padding=_padding(kernel), groups=width if depthwise else 1)
             for _ in range(scale - 1))
@@ -104,7 +104,9 @@ class _HierarchicalSplit(nn.Module):
             if norm_act else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        chunks = torch.chunk(x, self.scale, dim=1)
+        # = torch.chunk(x, scale, dim=1), with constant bounds: traced for ONNX with a dynamic batch, chunk's bounds
+        # become shape computations and the exported instance norms lose their channel count
+        chunks = [x[:, i * self.width:(i + 1) * self.width] for i in range(self.scale)]
         outs = []
         y = None
         for i, conv in enumerate(self.convs):

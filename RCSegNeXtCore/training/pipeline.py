@@ -195,6 +195,7 @@ def _spawned_fold(*work) -> None:
 
 def run_training(setup: RunSetup) -> List[Dict]:
     """Train every fold of `setup.config` in turn, then predict and evaluate its held-out cases."""
+    from RCSegNeXtCore.inference.onnx_export import export_fold_or_note
     from RCSegNeXtCore.training.cross_validation import fold_summary_line, validate_fold, write_report
     from RCSegNeXtCore.training.distributed import (barrier, init_distributed, launched_by_torchrun,
                                                     spawn_workers)
@@ -209,6 +210,8 @@ def run_training(setup: RunSetup) -> List[Dict]:
         else:
             train_one_fold(*work)
         dist = init_distributed(config.device)
+        if dist.is_main:  # fold_K/model.onnx: the run folder is a model folder that runs without PyTorch
+            print(export_fold_or_note(setup.run_dir, fold), flush=True)
         if config.validate and val_ids and dist.is_main:
             result = validate_fold(setup.run_dir, int(fold), setup.dataset, val_ids, device=config.device,
                                    progress=config.progress, tta=config.validation_tta)
