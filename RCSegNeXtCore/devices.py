@@ -1,14 +1,19 @@
-"""Where torch runs: the `--device` choice and the CPU thread count (training, prediction, benchmarks)."""
+"""Where torch runs: the `--device` choice and the CPU thread count (training, prediction with the torch backend,
+benchmarks). torch is imported by the functions, not with the module (the engine backends never call them)."""
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from RCSegNeXtCore.errors import RCSegNeXtError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def resolve_device(name: str | torch.device | None = "auto", allow_mps: bool = False) -> torch.device:
     """'auto' -> CUDA when torch sees a GPU, else (with `allow_mps`, training) Apple's MPS, else the CPU.
     An explicit CUDA device without a GPU is refused rather than silently run on the CPU."""
+    import torch
     name = "auto" if name is None else str(name)
     if name in ("auto", ""):
         if torch.cuda.is_available():
@@ -27,4 +32,5 @@ def set_cpu_threads(threads: int) -> None:
     """torch's intra-op threads for CPU work in this process."""
     if int(threads) != threads or threads < 1:
         raise RCSegNeXtError(f"--threads must be a whole number >= 1, got {threads!r}")
+    import torch
     torch.set_num_threads(int(threads))

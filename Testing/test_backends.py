@@ -157,3 +157,74 @@ def test_imported_official_weights_give_the_official_logits_through_onnx(tmp_pat
     for engine in engines:
         logits = make_backend(engine, onnx_file=onnx_path(tmp_path / "m", 0)).logits(ref["__input__"])
         np.testing.assert_allclose(logits, ref["__output__"], atol=2e-3, rtol=1e-3, err_msg=engine)
+
+
+@pytest.fixture(scope="module")
+def case_file(tmp_path_factory):
+    """A 2-fold tiny model (ONNX exported) and a case of 2 x 2 x 2 tiles that needs resampling in-plane."""
+    from RCSegNeXtCore.data.io import Geometry, write_image
+    folder = tmp_path_factory.mktemp("predict_backends")
+    plans = make_plans_from_values([4.0, 0.875, 0.875], [8, 32, 32], base_channels=4)
+    model = init_model_folder(plans, folder / "m", folds=(0, 1), seed=5)
+    geometry = Geometry((12, 44, 40), (4.0, 0.8, 0.9), (1.0, 2.0, 3.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    image = np.random.default_rng(2).normal(300, 60, geometry.shape).astype(np.float32)
+    write_image(image, geometry, folder / "case.nii.gz")
+    return model, folder / "case.nii.gz"
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_every_backend_gives_the_torch_backends_labels_and_probabilities(case_file, tta):
+    """The same sliding window (tiles, Gaussian, mirrors, both folds, restore) on each backend: labels equal and
+    probabilities within 1e-4 of the torch backend's (which equals today's device path: test_sliding_window)."""
+    from RCSegNeXtCore.data.io import read_image
+    from RCSegNeXtCore.inference.predictor import Predictor
+    model, path = case_file
+    image = read_image(path)
+    reference = Predictor(model, device="cpu", tta=tta, backend="torch")
+    expected = reference.predict(image, keep_probabilities=True)
+    assert expected.stats.networks == 2 and expected.stats.tiles == 8 and expected.stats.mirrors == (8 if tta else 1)
+    assert reference.engine.startswith("torch ") and reference.metadata()["RCSegNeXt_Engine"] == reference.engine
+    for engine in ENGINE_ORDER:
+        require_module(engine)
+        predictor = Predictor(model, device="cpu", tta=tta, backend=engine)
+        got = predictor.predict(image, keep_probabilities=True)
+        assert predictor.backend == engine and predictor.engine == describe(predictor.settings)
+        assert predictor.metadata()["RCSegNeXt_Engine"].startswith(f"{engine} ")
+        assert np.abs(got.probabilities - expected.probabilities).max() < 1e-4, engine
+        np.testing.assert_array_equal(got.labels, expected.labels)
+    with pytest.raises(BackendError, match="--whole-volume needs the torch backend"):
+        Predictor(model, device="cpu", backend=ENGINE_ORDER[0], whole_volume_max_voxels=None)
+    assert Predictor(model, device="cpu", whole_volume_max_voxels=None).backend == "torch"  # auto: torch for that
+
+
+@pytest.mark.slow
+def test_cli_predicts_without_torch_and_gives_the_torch_backends_labels(case_file, tmp_path):
+    """The real `python -m RCSegNeXtCore predict` in a process where `import torch` fails: default backend (the
+    first installed engine), reading, preprocessing, sliding window, restore and the .seg.nrrd writer without
+    torch; its labels are the torch backend's, its provenance names the engine, torch was never loaded."""
+    import SimpleITK as sitk
+    require_module(ENGINE_ORDER[0])
+    model, path = case_file
+    out = tmp_path / "blocked.seg.nrrd"
+    code = f"""
+        import runpy, sys
+        sys.modules["torch"] = None
+        sys.argv = ["rcsegnext", "predict", "-i", {str(path)!r}, "-o", {str(out)!r}, "-m", {str(model)!r},
+                    "--tta", "--progress-json"]
+        try:
+            runpy.run_module("RCSegNeXtCore", run_name="__main__")
+        finally:
+            loaded = [m for m in sys.modules if m.split(".")[0] == "torch" and sys.modules[m] is not None]
+            print("torch modules loaded:", loaded, file=sys.stderr)
+        """
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=REPO,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "torch modules loaded: []" in done.stderr and f"engine: {ENGINE_ORDER[0]} " in done.stderr
+    assert f'"engine": "{ENGINE_ORDER[0]} ' in done.stdout
+    assert cli(["predict", "-i", str(path), "-o", str(tmp_path / "torch.seg.nrrd"), "-m", str(model), "--tta",
+                "--backend", "torch"]) == 0
+    blocked, with_torch = sitk.ReadImage(str(out)), sitk.ReadImage(str(tmp_path / "torch.seg.nrrd"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(blocked), sitk.GetArrayFromImage(with_torch))
+    assert blocked.GetMetaData("RCSegNeXt_Engine").startswith(f"{ENGINE_ORDER[0]} ")
+    assert with_torch.GetMetaData("RCSegNeXt_Engine").startswith("torch ")

@@ -231,7 +231,7 @@ def test_logits_are_restored_nearest_along_the_thick_axis_then_softmaxed():
     inplane = resample_probabilities(logits, [logits.shape[1], *crop[1:]], props["spacing"], props["target_spacing"],
                                      1, 0)
     nearest = np.clip(np.floor((np.arange(crop[0]) + 0.5) * logits.shape[1] / crop[0]), 0, logits.shape[1] - 1)
-    expected = torch.softmax(inplane[:, nearest.astype(int)].float(), 0).numpy()
+    expected = torch.softmax(torch.from_numpy(inplane[:, nearest.astype(int)]).float(), 0).numpy()
     (z0, z1), (y0, y1), (x0, x1) = props["crop_bbox"]
     np.testing.assert_allclose(got[:, z0:z1, y0:y1, x0:x1], expected, atol=1e-6)
     assert (got[0, :, :y0] == 1).all()                                 # outside the crop: background
@@ -252,7 +252,7 @@ def test_predictor_restores_as_the_plan_says(tmp_path, restore):
     plans = make_plans_from_values([5.0, 2.0, 2.0], [8, 32, 32])      # 2 tiles; 6.5 -> 5 mm along the thick axis
     plans = plans.with_overrides(resampling={**plans.resampling, "restore": restore,
                                              "restore_order_thick_axis": 0 if restore == "logits" else 1})
-    predictor = Predictor(_model(tmp_path, plans), device="cpu")
+    predictor = Predictor(_model(tmp_path, plans), device="cpu", backend="torch")  # compared with its networks
     image, _ = _case((10, 30, 28), (6.5, 2.0, 2.0))
     prediction = predictor.predict(image, keep_probabilities=True)
     case = preprocess_case(image, predictor.plans)

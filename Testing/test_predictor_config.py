@@ -12,12 +12,12 @@ from RCSegNeXtCore.inference.config import PREDICTOR_OPTIONS, PredictionConfig
 from RCSegNeXtCore.inference.predictor import Predictor
 
 EVERY_OPTION = ["-i", "IN", "-o", "OUT.seg.nrrd", "-m", "MODEL", "--folds", "0", "all", "--checkpoint", "best",
-                "--device", "cpu", "--threads", "2", "--tta", "--tile-overlap", "0.5", "--batch-tiles", "3",
+                "--device", "cpu", "--backend", "torch", "--threads", "2", "--tta", "--tile-overlap", "0.5", "--batch-tiles", "3",
                 "--whole-volume", "--format", "seg.nrrd", "--save-probabilities", "--progress-json",
                 "--resize-to", "4", "32", "32", "--overwrite", "--series", "T2"]
 EXPECTED = PredictionConfig(
     model="MODEL", input="IN", output="OUT.seg.nrrd", folds=["0", "all"], checkpoint="best", device="cpu",
-    tta=True, tile_overlap=0.5, batch_tiles=3, whole_volume_max_voxels=None, resize_to=[4, 32, 32], threads=2,
+    tta=True, tile_overlap=0.5, batch_tiles=3, whole_volume_max_voxels=None, resize_to=[4, 32, 32], backend="torch", threads=2,
     format="seg.nrrd", save_probabilities=True, progress_json=True, overwrite=True, series="T2")
 
 

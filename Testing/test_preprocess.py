@@ -15,7 +15,7 @@ from RCSegNeXtCore.data.dataset import write_dataset_json
 from RCSegNeXtCore.data.io import Geometry, Image, write_image
 from RCSegNeXtCore.planning import make_plans_from_values
 from RCSegNeXtCore.data.preprocess import nonzero_bbox, normalize, preprocess_case, restore_to_original
-from RCSegNeXtCore.data.resample import resample_label, resample_tensor, thick_axis
+from RCSegNeXtCore.data.resample import resample_array, resample_label, thick_axis
 from RCSegNeXtCore.errors import DatasetError, PlanError
 
 RNG = np.random.default_rng(0)
@@ -56,21 +56,21 @@ def _ball_case(shape=(12, 40, 36), spacing=(4.0, 0.875, 0.875)):
 @pytest.mark.parametrize("shape", [(9, 31, 12), (3, 10, 40)])
 def test_linear_resampling_matches_scipy(shape):
     a = RNG.random((6, 20, 17)).astype(np.float32)
-    got = resample_tensor(torch.from_numpy(a)[None], shape, None, 1, 1)[0].numpy()
+    got = resample_array(a[None], shape, None, 1, 1)[0]
     np.testing.assert_allclose(got, _zoom(a, shape, 1), atol=1e-5)
     # anisotropic: linear in-plane, nearest along the thick z axis (nnU-Net's separate-z scheme)
-    got = resample_tensor(torch.from_numpy(a)[None], shape, 0, 1, 0)[0].numpy()
+    got = resample_array(a[None], shape, 0, 1, 0)[0]
     ref = _zoom(_zoom(a, (6, *shape[1:]), 1), shape, 0)
     np.testing.assert_allclose(got, ref, atol=1e-5)
 
 
 def test_cubic_resampling_keeps_constants_and_follows_smooth_images():
     constant = np.full((5, 12, 14), 7.5, np.float32)
-    got = resample_tensor(torch.from_numpy(constant)[None], (5, 30, 9), 0, 3, 0)[0].numpy()
+    got = resample_array(constant[None], (5, 30, 9), 0, 3, 0)[0]
     np.testing.assert_allclose(got, 7.5, atol=1e-5)
     y, x = np.meshgrid(np.linspace(0, np.pi, 24), np.linspace(0, np.pi, 20), indexing="ij")
     smooth = np.repeat((np.sin(y) * np.cos(x))[None], 4, 0).astype(np.float32)
-    got = resample_tensor(torch.from_numpy(smooth)[None], (4, 48, 40), 0, 3, 0)[0].numpy()
+    got = resample_array(smooth[None], (4, 48, 40), 0, 3, 0)[0]
     ref = _zoom(smooth, (4, 48, 40), 3)
     assert np.abs(got - ref)[:, 2:-2, 2:-2].max() < 0.01   # cubic convolution vs cubic B-spline
     assert np.abs(got - _zoom(smooth, (4, 48, 40), 1)).max() > 1e-3  # and really is not linear

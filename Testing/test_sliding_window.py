@@ -52,7 +52,7 @@ def test_default_min_overlaps_hand_computed(patch, stride, expected):
 def test_gaussian_matches_nnunet_construction_with_scipy():
     # nnU-Net's map: a unit impulse at index patch // 2 blurred by scipy's gaussian_filter, sigma = patch / 8
     for patch in [(8, 16, 12), (16, 64, 64)]:
-        weight = gaussian_importance(patch).numpy()
+        weight = gaussian_importance(patch)
         impulse = np.zeros(patch)
         impulse[tuple(p // 2 for p in patch)] = 1.0
         reference = gaussian_filter(impulse, [p / 8 for p in patch], 0, mode="constant", cval=0)
@@ -244,3 +244,53 @@ def test_benchmark_placement_sensitivity_measures():
     assert counts[:, 1:, 1].sum() > 0 and counts[:, 1:, 2].sum() > 0
     np.testing.assert_array_equal(counts[:, 1:, 0], counts[:, 1:, 1])        # |a and b| = |a| = |b|: Dice 1
     np.testing.assert_array_equal(counts[:, 1:, 1], counts[:, 1:, 2])
+
+
+@pytest.mark.parametrize("mirror_axes", [(), (0, 1, 2)])
+def test_numpy_path_equals_the_torch_device_path(mirror_axes):
+    """The numpy window (every backend's) equals the PyTorch device path (torch_window, today's GPU code, run on the
+    CPU here): same tiles, weights, mirrors and fold averaging; numpy in -> numpy out, torch in -> torch out."""
+    from RCSegNeXtCore.inference.backends import TorchBackend
+    from RCSegNeXtCore.inference.sliding_window import plan_layout
+    from RCSegNeXtCore.inference.torch_window import accumulate_on_device
+    data = _volume((11, 37, 29), seed=10)
+    nets = [SmallConv().eval(), Pointwise().eval()]
+    for logits in (False, True):
+        got, stats = predict_sliding_window(nets, data.numpy(), (8, 16, 16), 3, overlap=0.25, mirror_axes=mirror_axes,
+                                            batch_tiles=3, logits=logits)
+        assert isinstance(got, np.ndarray) and got.dtype == np.float32 and got.flags.c_contiguous
+        layout = plan_layout(data.numpy(), (8, 16, 16), (1, 1, 1), 0.25, 0)
+        backends = [TorchBackend(n) for n in nets]
+        combos = mirror_combinations(mirror_axes, layout.window)
+        expected = accumulate_on_device(backends, layout, combos, 3, 3, lambda n: None, logits)
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+        as_tensor, _ = predict_sliding_window(nets, data, (8, 16, 16), 3, overlap=0.25, mirror_axes=mirror_axes,
+                                              batch_tiles=3, logits=logits)
+        assert isinstance(as_tensor, torch.Tensor)
+        np.testing.assert_array_equal(as_tensor.numpy(), got)
+
+
+def test_tile_buffers_are_reused_and_an_engine_refuses_a_whole_volume_pass():
+    """A backend sees the same tile buffer every call (no per-tile allocation) and writes into the caller's logits
+    buffer; an engine backend (static patch) refuses the whole-volume pass."""
+    from RCSegNeXtCore.inference.backends import BackendError, TorchBackend
+
+    class Recording:
+        name = "recording"
+
+        def __init__(self):
+            self.inner, self.inputs, self.outputs = TorchBackend(SmallConv().eval()), set(), set()
+
+        def logits(self, tiles, out=None):
+            self.inputs.add(tiles.__array_interface__["data"][0])
+            self.outputs.add(None if out is None else out.__array_interface__["data"][0])
+            return self.inner.logits(tiles, out=out)
+
+    backend = Recording()
+    data = _volume((14, 30, 30), seed=11).numpy()
+    out, stats = predict_sliding_window([backend], data, (8, 16, 16), 3, mirror_axes=(1,))
+    assert stats.forward_passes == 36 and len(backend.inputs) == 2 and len(backend.outputs) == 1  # tile, flipped
+    np.testing.assert_allclose(out, predict_sliding_window([backend.inner.network], data, (8, 16, 16), 3,
+                                                           mirror_axes=(1,))[0], atol=1e-6)
+    with pytest.raises(BackendError, match="whole-volume pass needs the torch backend"):
+        predict_sliding_window([backend], data, (8, 16, 16), 3, whole_volume_max_voxels=10 ** 9)

@@ -139,7 +139,7 @@ def test_checkpoint_best_is_the_best_ema_epoch_and_predict_loads_it(tmp_path, mo
     assert [line.split("  ")[1].split()[1] for line in log if "(new best)" in line] == ["1/6", "2/6", "3/6"]
 
     # predict --checkpoint best: those weights, and their SHA-256 in the output
-    predictor = Predictor(run, folds=[0], checkpoint="best", device="cpu")
+    predictor = Predictor(run, folds=[0], checkpoint="best", device="cpu", backend="torch")
     for key, value in predictor.networks[0].state_dict().items():
         assert torch.equal(value, best["network"][key]), key
     geometry = Geometry((8, 36, 36), (3.0, 1.0, 1.0), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))

@@ -21,8 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: every numbered fold present, fold_all only when there is none")
     parser.add_argument("--checkpoint", choices=("final", "best"), default="final")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    parser.add_argument("--backend", choices=("auto", "torch", "openvino", "onnxruntime"), default="auto",
+                        help="what runs the network: auto (default: PyTorch on a GPU, else the fastest installed CPU "
+                             "engine: OpenVINO, then ONNX Runtime, PyTorch when none is installed), torch, openvino "
+                             "or onnxruntime (the engines run fold_K/model.onnx on the CPU, without PyTorch)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for the network (default: torch's choice, usually every core)")
+                        help="CPU threads for the network (default: every core this process may use)")
     parser.add_argument("--tta", action="store_true", help="mirroring test-time augmentation over the plan's axes")
     parser.add_argument("--tile-overlap", type=float, default=None,
                         help="minimum overlap of neighbouring tiles, fraction of the patch, taken as given (default: "
@@ -54,7 +58,8 @@ def config_from_args(args: argparse.Namespace):
     return PredictionConfig(
         model=args.model, input=args.input, output=args.output, folds=args.folds, checkpoint=args.checkpoint,
         device=args.device, tta=args.tta, tile_overlap=args.tile_overlap, batch_tiles=args.batch_tiles,
-        whole_volume_max_voxels=None if args.whole_volume else 0, resize_to=args.resize_to, threads=args.threads,
+        whole_volume_max_voxels=None if args.whole_volume else 0, resize_to=args.resize_to, backend=args.backend,
+        threads=args.threads,
         format=args.format, save_probabilities=args.save_probabilities, progress_json=args.progress_json,
         overwrite=args.overwrite, series=args.series)
 

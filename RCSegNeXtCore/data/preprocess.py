@@ -151,26 +151,40 @@ def preprocess_case(image: Image, plans: Plans, label: Optional[np.ndarray] = No
     return PreprocessedCase(np.ascontiguousarray(data, dtype=np.float32), label, properties)
 
 
+def _as_numpy(values) -> np.ndarray:
+    """A numpy array, or a torch tensor (any device) as one (where the caller uses torch)."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Softmax over `axis` (the classes), in place on a float array it owns; returns it."""
+    logits -= logits.max(axis=axis, keepdims=True)
+    np.exp(logits, out=logits)
+    logits /= logits.sum(axis=axis, keepdims=True)
+    return logits
+
+
 def restore_to_original(values, properties: Dict[str, Any], logits: bool = False) -> np.ndarray:
-    """(K, z, y, x) class probabilities, or the network's logits (`logits=True`), on the preprocessed grid (numpy or
-    torch, any device) -> float32 probabilities (K, Z, Y, X) on the original grid: resampled back to the cropped
-    region with the plan's restore orders (`resampling.restore_order`, `restore_order_thick_axis`; logits in float64,
-    then softmax, as nnU-Net's export), padded with background (class 0 probability 1) outside it, and transposed
-    back to the original axis order."""
-    import torch
+    """(K, z, y, x) class probabilities, or the network's logits (`logits=True`), on the preprocessed grid (numpy; a
+    torch tensor on any device is taken too) -> float32 probabilities (K, Z, Y, X) on the original grid: resampled
+    back to the cropped region with the plan's restore orders (`resampling.restore_order`,
+    `restore_order_thick_axis`; logits in float64, then softmax, as nnU-Net's export), padded with background
+    (class 0 probability 1) outside it, and transposed back to the original axis order. numpy only."""
     shape_after_crop = [int(n) for n in properties["shape_after_crop"]]
     expected = [int(n) for n in properties["shape_after_resampling"]]
     if list(values.shape[1:]) != expected:
         raise ValueError(f"probabilities have spatial shape {list(values.shape[1:])}, but this case was "
                          f"preprocessed to {expected}")
     r = resampling_settings(properties.get("resampling"))
-    values = torch.as_tensor(values).detach().cpu()
-    restored = resample_probabilities(values.double() if logits else values, shape_after_crop, properties["spacing"],
-                                      properties["target_spacing"], int(r["restore_order"]),
+    values = _as_numpy(values)
+    restored = resample_probabilities(values.astype(np.float64) if logits else values, shape_after_crop,
+                                      properties["spacing"], properties["target_spacing"], int(r["restore_order"]),
                                       int(r["restore_order_thick_axis"]), float(r["anisotropy_threshold"]))
     if logits:
-        restored = torch.softmax(restored.float(), dim=0)
-    restored = restored.numpy().astype(np.float32, copy=False)
+        restored = softmax(restored.astype(np.float32))
+    restored = restored.astype(np.float32, copy=False)
     order = [int(a) for a in properties.get("transpose_forward", (0, 1, 2))]
     original = Geometry.from_dict(properties["original_geometry"])
     out = np.zeros((restored.shape[0], *[original.shape[a] for a in order]), dtype=np.float32)

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Union
 
 # the fields that are keyword arguments of Predictor (everything else concerns the run over files)
 PREDICTOR_OPTIONS = ("folds", "checkpoint", "device", "tta", "tile_overlap", "batch_tiles",
-                     "whole_volume_max_voxels", "resize_to", "amp")
+                     "whole_volume_max_voxels", "resize_to", "amp", "backend", "threads")
 
 
 @dataclass
@@ -33,8 +33,9 @@ class PredictionConfig:
     whole_volume_max_voxels: Optional[int] = 0  # 0: tiles at the plan's patch size; None: one pass when it fits
     resize_to: Optional[List[int]] = None       # resample each input to this (z, y, x) grid first
     amp: bool = True                            # mixed precision on CUDA
+    backend: str = "auto"                       # auto | torch | openvino | onnxruntime (backends.select_backend)
+    threads: Optional[int] = None               # CPU threads for the network (None: every core it may use)
     # -- the run (run_prediction) ------------------------------------------------------------------------------
-    threads: Optional[int] = None               # CPU threads for the network (None: torch's choice)
     format: Optional[str] = None                # an OUTPUT_FORMATS key; None: from the output name
     save_probabilities: bool = False
     progress_json: bool = False                 # one JSON progress object per line on stdout (runner docstring)

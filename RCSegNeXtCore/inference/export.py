@@ -26,11 +26,15 @@ if TYPE_CHECKING:
 
     from RCSegNeXtCore.data.io import Geometry
 
-def provenance(model_name: str = "", weights_sha256: str = "") -> Dict[str, str]:
-    """Provenance keys written into every output's header."""
+def provenance(model_name: str = "", weights_sha256: str = "", engine: str = "") -> Dict[str, str]:
+    """Provenance keys written into every output's header; `engine`: the backend that ran the network and its
+    settings (backends.describe, e.g. 'openvino 2026.4.1 (CPU, f32, 2 threads)')."""
     from RCSegNeXtCore import __version__
-    return {"RCSegNeXt_SoftwareVersion": f"rcsegnext {__version__}", "RCSegNeXt_Model": model_name,
+    keys = {"RCSegNeXt_SoftwareVersion": f"rcsegnext {__version__}", "RCSegNeXt_Model": model_name,
             "RCSegNeXt_WeightsSHA256": weights_sha256}
+    if engine:
+        keys["RCSegNeXt_Engine"] = engine
+    return keys
 
 
 def _header_metadata(path: Path, metadata: Optional[Mapping[str, str]]) -> Dict[str, str]:
@@ -40,7 +44,9 @@ def _header_metadata(path: Path, metadata: Optional[Mapping[str, str]]) -> Dict[
         version = metadata.get("RCSegNeXt_SoftwareVersion", "")
         model = metadata.get("RCSegNeXt_Model", "")
         digest = metadata.get("RCSegNeXt_WeightsSHA256", "")[:16]
-        return {"ITK_FileNotes": f"{version}; model {model}; sha256 {digest}"[:79]}
+        engine = metadata.get("RCSegNeXt_Engine", "").split(" (")[0]   # the engine and its version
+        notes = f"{version}; model {model}; sha256 {digest}" + (f"; {engine}" if engine else "")
+        return {"ITK_FileNotes": notes[:79]}
     return metadata
 
 

@@ -2,7 +2,8 @@
 
 Checkpoints are read through `RCSegNeXtCore.checkpoint` (`weights_only=True`: a crafted pickle is refused, never
 run) and must carry the network signature of plans.json. A folder whose plans, weights or class names do not fit is
-refused with a message naming both values.
+refused with a message naming both values. torch is imported only to load or make weights (`load_networks`,
+`init_model_folder`): reading a folder, its labels, folds and hashes needs none (inference on an engine).
 """
 from __future__ import annotations
 
@@ -12,9 +13,6 @@ import os
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
-import torch
-
-from RCSegNeXtCore.checkpoint import load_checkpoint, load_network_weights, save_checkpoint
 from RCSegNeXtCore.errors import ModelError
 from RCSegNeXtCore.files import atomic_write_json
 from RCSegNeXtCore.hashing import file_sha256
@@ -124,8 +122,9 @@ class ModelFolder:
         return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
 
     def load_networks(self, folds: Optional[Sequence[Fold]] = None, checkpoint: str = "final",
-                      device: str | torch.device = "cpu") -> List[torch.nn.Module]:
-        """One network per fold, weights checked against plans.json, in eval mode on `device`."""
+                      device="cpu") -> List:
+        """One network per fold (torch modules), weights checked against plans.json, in eval mode on `device`."""
+        from RCSegNeXtCore.checkpoint import load_checkpoint, load_network_weights
         networks = []
         for fold in self.select_folds(folds):
             path = self.checkpoint_path(fold, checkpoint)
@@ -153,6 +152,9 @@ def init_model_folder(plans: Plans, out_dir: str | os.PathLike, dataset_json: Op
                       log: Optional[Callable[[str], None]] = None) -> Path:
     """A model folder with random weights (for tests, timing and the Slicer module's tests); with `export_onnx`
     each fold also gets fold_K/model.onnx (inference without PyTorch; `log` receives one line per fold)."""
+    import torch
+
+    from RCSegNeXtCore.checkpoint import save_checkpoint
     out = Path(out_dir)
     if (out / "plans.json").exists() and not overwrite:
         raise ModelError(f"{out}: already holds a model folder; choose another folder or delete it first")

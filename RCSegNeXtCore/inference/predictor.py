@@ -1,10 +1,15 @@
 """The predictor: a volume on disk (any grid) -> label map and probabilities on exactly that grid.
 
 read -> preprocess exactly as plans.json says -> sliding window (inference.sliding_window) over every chosen fold
-(logits averaged) -> restored to the input grid as the plan's `resampling.restore` says (the logits resampled, then
+(logits averaged), each fold run by a backend (inference/backends.py: `backend` "auto" | "torch" | "openvino" |
+"onnxruntime"; auto = `select_backend`: PyTorch on a GPU, else the fastest installed CPU engine) -> restored to the input grid as the plan's `resampling.restore` says (the logits resampled, then
 softmax, as nnU-Net's export; or, for 0.1 plans, the softmax resampled) -> argmax. Optional `resize_to` first
 resamples the input to a fixed voxel grid over the same physical extent (as the paper did for its external Dataset
 B, [21, 512, 512]) and maps the probabilities back to the original grid before the argmax.
+
+With an engine backend nothing here imports torch: the engines run fold_K/model.onnx (inference/onnx_export.py;
+exported first when missing or stale and PyTorch is there, refused when it is not), everything else is numpy.
+`Predictor.engine` is the one-line description of the engine in use (also in every output's provenance).
 """
 from __future__ import annotations
 
@@ -14,11 +19,10 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
-import torch
 
 from RCSegNeXtCore.data.io import Geometry, Image
-from RCSegNeXtCore.devices import resolve_device
 from RCSegNeXtCore.errors import ImageReadError, ModelError
+from RCSegNeXtCore.inference.backends import BackendError, describe, importable, make_backend, select_backend
 from RCSegNeXtCore.inference.config import PredictionConfig
 from RCSegNeXtCore.inference.export import provenance
 from RCSegNeXtCore.inference.model_folder import ModelFolder
@@ -80,27 +84,42 @@ def resized_geometry(geometry: Geometry, shape: Sequence[int]) -> Geometry:
     return Geometry(shape, spacing, tuple(float(v) for v in origin), geometry.direction)
 
 
+class _Cpu:
+    """The device of an engine backend (the CPU), where code asks `predictor.device.type`."""
+
+    type = "cpu"
+
+    def __str__(self) -> str:
+        return "cpu"
+
+
+_CPU = _Cpu()
+
+
 class Predictor:
     """`Predictor(model_dir).predict(image)`; networks are loaded once and reused for every case.
 
     `folds`: fold numbers and/or "all" (fold_all); default every numbered fold present (fold_all when there is none).
+    `backend`: "auto" (default) | "torch" | "openvino" | "onnxruntime" (select_backend; auto with a whole-volume
+    pass: torch, the engines refuse it); `threads`: CPU threads for
+    the network (default: every core this process may use for the engines, torch's choice for torch). After
+    construction, `backend` is the name chosen, `settings` and `engine` say what runs (provenance), `notes` what
+    there is to say about the choice (what to install; an ONNX file exported again because it was stale).
     """
 
     def __init__(self, model_dir: str | os.PathLike, folds: Optional[Sequence[int | str]] = None,
                  checkpoint: str = "final", device: str = "auto", tta: bool = False,
                  tile_overlap: Optional[float] = None, batch_tiles: Optional[int] = None,
                  whole_volume_max_voxels: Optional[int] = 0, resize_to: Optional[Sequence[int]] = None,
-                 amp: bool = True):
+                 amp: bool = True, backend: str = "auto", threads: Optional[int] = None):
         self.model = ModelFolder(model_dir)
         self.plans = self.model.plans
-        self.device = resolve_device(device)
         self.folds = self.model.select_folds(folds)
         self.checkpoint = checkpoint
         self.tta = bool(tta)
         self.tile_overlap = None if tile_overlap is None else float(tile_overlap)  # None: the default rule
         if self.tile_overlap is not None and not 0.0 <= self.tile_overlap < 1.0:
             raise ModelError(f"tile overlap must be in [0, 1), got {self.tile_overlap}")
-        self.batch_tiles = int(batch_tiles or (4 if self.device.type == "cuda" else 1))
         # 0: tile at the plan's patch size (default: what a patch-trained instance-norm network needs); None or > 0:
         # one whole-volume pass when it fits (faster, NOT equivalent for instance-norm networks), see sliding_window
         self.whole_volume_max_voxels = whole_volume_max_voxels
@@ -108,11 +127,54 @@ class Predictor:
             raise ModelError(f"--resize-to needs 3 positive sizes Z Y X, got {list(resize_to)}")
         self.resize_to = None if resize_to is None else tuple(int(v) for v in resize_to)
         self.amp = amp
-        self.networks = self.model.load_networks(self.folds, checkpoint, self.device)
-        if self.device.type == "cuda":
-            self.networks = [n.to(memory_format=torch.channels_last_3d) for n in self.networks]
+        if threads is not None and (int(threads) != threads or threads < 1):
+            raise ModelError(f"--threads must be a whole number >= 1, got {threads!r}")
+        if str(backend or "auto").lower() == "auto" and whole_volume_max_voxels != 0 and importable("torch"):
+            backend = "torch"  # a whole-volume pass: the engines' graphs have the patch size fixed
+        choice = select_backend(backend, device)
+        self.backend = choice.name
+        self.notes: List[str] = [choice.note] if choice.note else []
         self.weights_sha256 = self.model.weights_sha256(self.folds, checkpoint)
         self.total_stride = total_stride(self.plans.strides)
+        if self.backend == "torch":
+            self._load_torch(device, threads)
+        else:
+            self._load_engine(threads)
+        self.batch_tiles = int(batch_tiles or (4 if self.device.type == "cuda" else 1))
+
+    def _load_torch(self, device: str, threads: Optional[int]) -> None:
+        from RCSegNeXtCore.devices import resolve_device, set_cpu_threads
+        from RCSegNeXtCore.inference.backends import TorchBackend
+        self.device = resolve_device(device)
+        if threads is not None:
+            set_cpu_threads(threads)
+        self.networks = self.model.load_networks(self.folds, self.checkpoint, self.device)
+        self.settings = TorchBackend(self.networks[0], device=self.device, amp=self.amp).settings
+        self._engines: List = []
+
+    def _load_engine(self, threads: Optional[int]) -> None:
+        from RCSegNeXtCore.inference.onnx_export import ensure_onnx
+        if self.whole_volume_max_voxels != 0:
+            raise BackendError(f"--whole-volume needs the torch backend (the {self.backend} graph has the patch size "
+                               "fixed); tile (the default), or use --backend torch")
+        self.device = _CPU
+        self.networks = []
+        self._engines = [make_backend(self.backend, onnx_file=ensure_onnx(self.model.path, fold, self.checkpoint,
+                                                                          log=self.notes.append), threads=threads)
+                         for fold in self.folds]
+        self.settings = self._engines[0].settings
+
+    @property
+    def engine(self) -> str:
+        """The engine in use, one line: e.g. 'openvino 2026.4.1 (CPU, f32, 2 threads)'."""
+        return describe(self.settings)
+
+    def backends(self) -> List:
+        """One backend per fold: the engines, or the (current) torch networks wrapped on the device."""
+        if self._engines:
+            return self._engines
+        from RCSegNeXtCore.inference.backends import TorchBackend
+        return [TorchBackend(n, device=self.device, amp=self.amp) for n in self.networks]
 
     @classmethod
     def from_config(cls, config: PredictionConfig) -> "Predictor":
@@ -127,7 +189,7 @@ class Predictor:
 
     def metadata(self) -> dict:
         """Provenance written into every output."""
-        return provenance(self.model.name, self.weights_sha256)
+        return provenance(self.model.name, self.weights_sha256, self.engine)
 
     def predict(self, image: Image, progress: Optional[StageProgress] = None, source: str = "input",
                 keep_probabilities: bool = False) -> Prediction:
@@ -161,17 +223,16 @@ class Predictor:
         notify("preprocess", 1, 1)
         restore_logits = resampling_settings(self.plans.resampling)["restore"] == "logits"
         values, stats = predict_sliding_window(
-            self.networks, torch.from_numpy(np.ascontiguousarray(case.data)), self.plans.patch_size,
+            self.backends(), case.data, self.plans.patch_size,
             self.plans.num_classes, total_stride=self.total_stride, overlap=self.tile_overlap,
             mirror_axes=self.plans.mirror_axes if self.tta else (), batch_tiles=self.batch_tiles,
             whole_volume_max_voxels=self.whole_volume_max_voxels, device=self.device, amp=self.amp,
             progress=lambda done, total: notify("predict", done, total), logits=restore_logits)
         notify("restore", 0, 1)
         restored = restore_to_original(values, case.properties, logits=restore_logits)
-        restored = torch.as_tensor(restored, dtype=torch.float32)
         if geometry is not original:
             restored = resample_probabilities(restored, original.shape, geometry.spacing, original.spacing)
-        labels = torch.argmax(restored, dim=0).to(torch.uint8).numpy()
+        labels = np.argmax(restored, axis=0).astype(np.uint8)
         notify("restore", 1, 1)
-        return Prediction(labels, original, restored.numpy() if keep_probabilities else None, stats, found)
+        return Prediction(labels, original, restored if keep_probabilities else None, stats, found)
 

@@ -4,7 +4,7 @@ A folder run shows a progress bar, skips cases whose output already exists (resu
 atomically, keeps going after a bad case and reports every failure at the end (the CLI then exits 1).
 
 `--progress-json` progress lines (one JSON object per line on stdout, flushed; the Slicer module parses them):
-  {"stage": "preprocess", "case": ID, "done": I, "total": N}
+  {"stage": "preprocess", "case": ID, "done": I, "total": N, "engine": TEXT}
   {"stage": "predict", "case": ID, "done": I, "total": N, "tiles_done": T, "tiles_total": TT}
   {"stage": "export", "case": ID, "done": I, "total": N, "output": PATH, "warnings": [TEXT, ...]}
   {"stage": "error", "case": ID, "done": I, "total": N, "message": TEXT}
@@ -12,7 +12,9 @@ atomically, keeps going after a bad case and reports every failure at the end (t
    "failed": [{"case": ID, "message": TEXT}, ...], "skipped_series": [{"series": NAME, "reason": TEXT}, ...]}
 `done` counts the cases finished (written, skipped or failed) before this line; `total` is the number of cases;
 `tiles_*` count forward passes (tiles x mirrors x folds) of the current case. Skipped cases emit only an "export"
-line with "skipped": true.
+line with "skipped": true. "engine" is the backend that runs the network and its settings (Predictor.engine, e.g.
+"openvino 2026.4.1 (CPU, f32, 2 threads)"); it is also printed once on stderr ("engine: ...") and recorded in every
+output's provenance (RCSegNeXt_Engine).
 
 A study folder (sub-folders = DICOM series of one study, `inference/study.py`) is listed first (on stdout; on
 stderr with --progress-json, so stdout stays JSON) and only the series in the model's slice plane (or the ones named
@@ -143,13 +145,15 @@ def _probability_path(output: Path, folder_mode: bool) -> Path:
 def run_prediction(config: PredictionConfig, predictor=None, stream: Optional[TextIO] = None) -> RunResult:
     """Predict every case under `config.input`; writes files under `config.output` (a file for one case, else a
     folder). A study folder's series are chosen by the model's slice plane or by `config.series` (see the module
-    docstring). `predictor`: one already made (default: `Predictor.from_config(config)`); `stream`: where the
-    progress lines go (default stdout)."""
-    from RCSegNeXtCore.devices import set_cpu_threads
+    docstring). `predictor`: one already made (default: `Predictor.from_config(config)`, with the config's backend
+    and threads); `stream`: where the progress lines go (default stdout)."""
     from RCSegNeXtCore.inference.predictor import Predictor
-    if config.threads is not None:
-        set_cpu_threads(config.threads)
     predictor = predictor if predictor is not None else Predictor.from_config(config)
+    engine = getattr(predictor, "engine", None)
+    for note in getattr(predictor, "notes", []):
+        print(note, file=sys.stderr)
+    if engine:
+        print(f"engine: {engine}", file=sys.stderr)
     cases, folder_mode, result, problem = _cases_to_predict(config, predictor)
     targets = _output_paths(config, cases, folder_mode)
     events = JsonProgress(stream, config.progress_json)
@@ -213,7 +217,7 @@ def _predict_one(predictor, config: PredictionConfig, case: CaseInput, target: P
                  events: JsonProgress, done: int, total: int, result: RunResult) -> None:
     """Read, predict and write one case; its failure is recorded (a folder goes on) or raised (one case)."""
     try:
-        events.emit("preprocess", case.case_id, done, total)
+        events.emit("preprocess", case.case_id, done, total, engine=getattr(predictor, "engine", None))
         with warnings.catch_warnings(record=True) as notes:
             warnings.simplefilter("always", DicomNote)
             image = read_case_image(case)

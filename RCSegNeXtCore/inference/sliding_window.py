@@ -1,4 +1,5 @@
-"""Sliding-window inference with Gaussian importance weighting, batched tiles and optional mirroring.
+"""Sliding-window inference with Gaussian importance weighting, batched tiles and optional mirroring, in numpy on top
+of a backend's `logits(tiles)` (inference/backends.py: PyTorch, OpenVINO, ONNX Runtime): no torch import here.
 
 Fast by design (compared with nnU-Net v2's default of a step of half the patch and 8 mirrored passes):
 - the volume is ALWAYS tiled at the training patch size by default: a network with instance normalisation (as
@@ -9,21 +10,29 @@ Fast by design (compared with nnU-Net v2's default of a step of half the patch a
   bottleneck cells and at most half the patch); the Gaussian importance map (sigma = patch/8) down-weights every
   tile's borders, where zero padding inside the network makes its output least reliable;
 - opt-in (`whole_volume_max_voxels` > 0 or None): ONE whole-volume pass when the stride-padded volume fits memory
-  (exact only for networks without instance/global statistics);
+  (exact only for networks without instance/global statistics; PyTorch backends only: the engines' graphs have
+  the patch size fixed);
 - mirroring (test-time augmentation) is opt-in; mirror combinations over axes of length 1 are skipped (a flip of a
   single slice is the identity and cannot change the result).
 As in nnU-Net v2, LOGITS are averaged (over mirrors, networks/folds and overlapping tiles, Gaussian-weighted) and the
 softmax is taken once at the end.
+
+Memory: the padded input, the (K, z, y, x) sums and the weights are allocated once per volume, the tile, flipped-tile,
+logits and weighted-logits buffers once per run and reused for every tile (no per-tile allocation of the volume's
+size). A PyTorch backend on a GPU keeps today's device path (`inference/torch_window.py`: tiles gathered, flipped and
+accumulated on the GPU, bf16/fp16 autocast, channels_last_3d); it equals this numpy path (Testing/test_sliding_window).
 """
 from __future__ import annotations
 
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
+
+from RCSegNeXtCore.data.preprocess import softmax
+from RCSegNeXtCore.inference.backends import BackendError
 
 ProgressFn = Callable[[int, int], None]
 # minimum overlap of neighbouring tiles (fraction of the patch): the paper's [24, 512, 512] volume with a
@@ -44,7 +53,7 @@ class WindowStats:
     tile_grid: List[int] = field(default_factory=list)
 
 
-def gaussian_importance(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8) -> torch.Tensor:
+def gaussian_importance(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8) -> np.ndarray:
     """Separable Gaussian peaking at index patch // 2 (nnU-Net's convention, so overlapping tiles are weighted exactly
     as its predictor weights them), sigma = patch * sigma_scale, max 1. Not clamped to a floor: the
     ratio of two overlapping tiles' weights must stay Gaussian even at the patch corners (as in nnU-Net, only exact
@@ -58,7 +67,7 @@ def gaussian_importance(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8)
     weight = (weight / weight.max()).astype(np.float32)
     if (weight == 0).any():  # underflow only for huge patches: every voxel of a tile still counts a little
         weight[weight == 0] = weight[weight > 0].min()
-    return torch.from_numpy(weight)
+    return weight
 
 
 def tile_starts(length: int, patch: int, min_overlap: int) -> List[int]:
@@ -100,12 +109,14 @@ def mirror_combinations(mirror_axes: Sequence[int], shape: Sequence[int]) -> Lis
     return [combo for r in range(len(axes) + 1) for combo in itertools.combinations(axes, r)]
 
 
-def default_whole_volume_voxels(device: torch.device, base_channels: int = 32) -> int:
-    """Largest volume (voxels) run in one pass: free accelerator memory, or a share of the host's available memory,
-    divided by an estimate of the live activations per voxel (width x expansion x float32 x ~8 tensors)."""
+
+def default_whole_volume_voxels(device: Any = "cpu", base_channels: int = 32) -> int:
+    """Largest volume (voxels) run in one pass: free accelerator memory (CUDA), or a share of the host's available
+    memory, divided by an estimate of the live activations per voxel (width x expansion x float32 x ~8 tensors)."""
     per_voxel = max(base_channels, 4) * 2 * 4 * 8
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
+    if str(device).startswith("cuda"):
+        import torch
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
         return int(free * 0.6 / (per_voxel / 2))  # half precision activations
     available = 8 * 1024 ** 3
     try:
@@ -118,110 +129,168 @@ def default_whole_volume_voxels(device: torch.device, base_channels: int = 32) -
     return int(min(available * 0.3, 16 * 1024 ** 3) / per_voxel)
 
 
-def _pad_to(data: torch.Tensor, target: Sequence[int]) -> Tuple[torch.Tensor, Tuple[slice, ...]]:
-    """Zero-pad (C, z, y, x) symmetrically up to `target`; returns the padded tensor and the slices of the original."""
-    pads, region = [], []
+def pad_to(data: np.ndarray, target: Sequence[int]) -> Tuple[np.ndarray, Tuple[slice, ...]]:
+    """Zero-pad (C, z, y, x) symmetrically up to `target`; returns the padded array (`data` itself when nothing is
+    padded) and the slices of the original inside it."""
+    pads, region = [(0, 0)], []
     for size, want in zip(data.shape[1:], target):
         extra = max(int(want) - int(size), 0)
         before = extra // 2
         pads.append((before, extra - before))
         region.append(slice(before, before + int(size)))
-    flat = [v for pair in reversed(pads) for v in pair]
-    if any(flat):
-        data = torch.nn.functional.pad(data, flat, mode="constant", value=0.0)
+    if any(p for pair in pads for p in pair):
+        data = np.pad(data, pads, mode="constant", constant_values=0.0)
     return data, tuple(region)
 
 
-class _Layout(NamedTuple):
-    padded: torch.Tensor                # (C, z, y, x), padded up to the window / the total stride
+class Layout(NamedTuple):
+    padded: np.ndarray                  # (C, z, y, x) float32, padded up to the window / the total stride
     region: Tuple[slice, ...]           # the input inside `padded`
     window: Tuple[int, ...]             # what one forward pass sees
     tiles: List[Tuple[slice, ...]]
-    weight: torch.Tensor                # per-voxel weight of a window's logits (Gaussian for tiles)
+    weight: np.ndarray                  # per-voxel weight of a window's logits (Gaussian for tiles)
     whole: bool                         # one pass over the whole volume
 
 
-def _layout(networks, data: torch.Tensor, patch_size: Sequence[int], total_stride: Sequence[int],
-            overlap: Optional[float], whole_volume_max_voxels: Optional[int], device: torch.device) -> _Layout:
+def plan_layout(data: np.ndarray, patch_size: Sequence[int], total_stride: Sequence[int], overlap: Optional[float],
+                whole_volume_max_voxels: Optional[int], device: Any = "cpu", base_channels: int = 32) -> Layout:
     """Tiles at the patch size, or one whole-volume window when allowed and it fits (see predict_sliding_window)."""
     shape = tuple(int(s) for s in data.shape[1:])
     stride_padded = [int(math.ceil(s / t) * t) for s, t in zip(shape, total_stride)]
     if whole_volume_max_voxels is None:
-        width = next((m.out_channels for m in networks[0].modules() if isinstance(m, torch.nn.Conv3d)), 32)
-        whole_volume_max_voxels = default_whole_volume_voxels(device, width)
+        whole_volume_max_voxels = default_whole_volume_voxels(device, base_channels)
     if whole_volume_max_voxels > 0 and int(np.prod(stride_padded)) <= whole_volume_max_voxels:
-        padded, region = _pad_to(data, stride_padded)
+        padded, region = pad_to(data, stride_padded)
         window = tuple(int(s) for s in padded.shape[1:])
-        return _Layout(padded, region, window, [tuple(slice(0, s) for s in window)],
-                       torch.ones(window, dtype=torch.float32), True)
-    padded, region = _pad_to(data, [max(s, p) for s, p in zip(shape, patch_size)])
+        return Layout(padded, region, window, [tuple(slice(0, s) for s in window)],
+                      np.ones(window, dtype=np.float32), True)
+    padded, region = pad_to(data, [max(s, p) for s, p in zip(shape, patch_size)])
     window = tuple(int(p) for p in patch_size)
-    return _Layout(padded, region, window, tile_grid(padded.shape[1:], window, overlap, total_stride),
-                   gaussian_importance(window), False)
+    return Layout(padded, region, window, tile_grid(padded.shape[1:], window, overlap, total_stride),
+                  gaussian_importance(window), False)
 
 
-def _mean_logits(networks, batch: torch.Tensor, combos, num_classes: int, window, device: torch.device,
-                 amp: bool, on_pass: Callable[[], None]) -> torch.Tensor:
-    """Logits of a batch of windows averaged over the networks (folds) and mirrorings; `on_pass` after each pass."""
-    cuda = device.type == "cuda"
-    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
-    logits_sum = torch.zeros((batch.shape[0], num_classes, *window), dtype=torch.float32, device=device)
-    for network in networks:
+def as_backends(networks: Sequence[Any], device: Any = "cpu", amp: bool = False) -> List[Any]:
+    """Backends as given (anything with `logits(tiles)`); torch modules wrapped as PyTorch backends on `device`."""
+    from RCSegNeXtCore.inference.backends import TorchBackend
+    return [n if hasattr(n, "logits") else TorchBackend(n, device=device, amp=amp) for n in networks]
+
+
+def _on_accelerator(backends: Sequence[Any]) -> bool:
+    """True when every backend is PyTorch on a GPU (the device path of torch_window)."""
+    return bool(backends) and all(getattr(b, "name", "") == "torch" and str(b.device) != "cpu" for b in backends)
+
+
+def _width(backends: Sequence[Any]) -> int:
+    """The first convolution's output channels of a PyTorch backend's network (the whole-volume memory estimate)."""
+    for backend in backends:
+        network = getattr(backend, "network", None)
+        for module in (network.modules() if network is not None else ()):
+            if type(module).__name__ == "Conv3d":
+                return int(module.out_channels)
+    return 32
+
+
+class Buffers:
+    """The per-tile arrays of one run, allocated once and reused for every batch of tiles."""
+
+    def __init__(self, batch: int, channels: int, num_classes: int, window: Sequence[int]):
+        self.tiles = np.empty((batch, channels, *window), dtype=np.float32)
+        self.flipped = np.empty_like(self.tiles)
+        self.logits = np.empty((batch, num_classes, *window), dtype=np.float32)
+        self.mean = np.empty_like(self.logits)
+        self.weighted = np.empty((num_classes, *window), dtype=np.float32)
+
+
+def _mean_logits(backends, buffers: Buffers, n: int, combos, on_pass: Callable[[], None]) -> np.ndarray:
+    """Logits of the first `n` tiles in `buffers.tiles`, averaged over the backends (folds) and mirrorings, into
+    `buffers.mean[:n]`; `on_pass` after each pass."""
+    tiles, mean = buffers.tiles[:n], buffers.mean[:n]
+    mean.fill(0.0)
+    for backend in backends:
         for combo in combos:
-            dims = [a + 2 for a in combo]
-            x = torch.flip(batch, dims) if dims else batch
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp and cuda):
-                logits = network(x)
-            if isinstance(logits, (list, tuple)):  # deep supervision: full resolution first
-                logits = logits[0]
-            logits = logits.float()
-            logits_sum += torch.flip(logits, dims) if dims else logits
+            axes = tuple(a + 2 for a in combo)
+            x = tiles
+            if axes:
+                x = buffers.flipped[:n]
+                np.copyto(x, np.flip(tiles, axes))
+            logits = backend.logits(x, out=buffers.logits[:n])
+            mean += np.flip(logits, axes) if axes else logits
             on_pass()
-    return logits_sum / (len(networks) * len(combos))
+    mean /= len(backends) * len(combos)
+    return mean
 
 
-@torch.inference_mode()
-def predict_sliding_window(networks: Sequence[torch.nn.Module], data: torch.Tensor, patch_size: Sequence[int],
-                           num_classes: int, *, total_stride: Sequence[int] = (1, 1, 1), overlap: Optional[float] = None,
+def predict_sliding_window(networks: Sequence[Any], data, patch_size: Sequence[int], num_classes: int, *,
+                           total_stride: Sequence[int] = (1, 1, 1), overlap: Optional[float] = None,
                            mirror_axes: Sequence[int] = (), batch_tiles: int = 1,
-                           whole_volume_max_voxels: Optional[int] = 0, device: str | torch.device = "cpu",
-                           amp: bool = False, progress: Optional[ProgressFn] = None, logits: bool = False
-                           ) -> Tuple[torch.Tensor, WindowStats]:
-    """Softmax probabilities (K, z, y, x) float32 on the CPU for a preprocessed (C, z, y, x) volume; with
-    `logits=True` the averaged logits instead (nnU-Net resamples those to the original grid before the softmax).
+                           whole_volume_max_voxels: Optional[int] = 0, device: Any = "cpu", amp: bool = False,
+                           progress: Optional[ProgressFn] = None, logits: bool = False) -> Tuple[Any, WindowStats]:
+    """Softmax probabilities (K, z, y, x) float32 for a preprocessed (C, z, y, x) volume; with `logits=True` the
+    averaged logits instead (nnU-Net resamples those to the original grid before the softmax). A numpy array for
+    numpy `data`; a CPU torch tensor for a torch tensor (callers that work in torch).
 
+    `networks`: one backend per fold (inference/backends.py), or torch modules (wrapped as PyTorch backends on
+    `device`, autocast on CUDA when `amp`). PyTorch backends on a GPU run the device path (torch_window).
     `whole_volume_max_voxels`: 0 (default) always tiles at the patch size (what a patch-trained network with
     instance norms needs); > 0 runs ONE pass over the whole volume when its stride-padded size has at most this many
-    voxels, None sizes that limit from free memory (faster, not equivalent for instance-norm networks).
-    `overlap`: minimum tile overlap as a fraction of the patch; None (default): `default_min_overlaps` for the
-    network's `total_stride`.
+    voxels, None sizes that limit from free memory (faster, not equivalent for instance-norm networks; PyTorch
+    backends only). `overlap`: minimum tile overlap as a fraction of the patch; None (default):
+    `default_min_overlaps` for the network's `total_stride`.
     """
-    device = torch.device(device)
-    data = torch.as_tensor(data, dtype=torch.float32)
-    layout = _layout(networks, data, patch_size, total_stride, overlap, whole_volume_max_voxels, device)
-    tiles, window = layout.tiles, layout.window
-    combos = mirror_combinations(mirror_axes, window)
-    stats = WindowStats("whole-volume" if layout.whole else "tiles", len(tiles), len(combos), len(networks), 0,
+    as_torch = hasattr(data, "detach")
+    array = np.ascontiguousarray(data.detach().cpu().numpy() if as_torch else data, dtype=np.float32)
+    backends = as_backends(networks, device, amp)
+    if not backends:
+        raise ValueError("predict_sliding_window needs at least one network or backend")
+    accelerator = _on_accelerator(backends)
+    layout = plan_layout(array, patch_size, total_stride, overlap, whole_volume_max_voxels,
+                         backends[0].device if accelerator else "cpu",
+                         _width(backends) if whole_volume_max_voxels is None else 32)
+    if layout.whole and any(getattr(b, "name", "") != "torch" for b in backends):
+        engine = next(b.name for b in backends if getattr(b, "name", "") != "torch")
+        raise BackendError(f"a whole-volume pass needs the torch backend: the {engine} graph has the patch size "
+                           "fixed; tile (the default) or use --backend torch")
+    combos = mirror_combinations(mirror_axes, layout.window)
+    stats = WindowStats("whole-volume" if layout.whole else "tiles", len(layout.tiles), len(combos), len(backends), 0,
                         tuple(int(s) for s in layout.padded.shape[1:]),
-                        [len({t[a].start for t in tiles}) for a in range(3)])
-    total = len(tiles) * len(combos) * len(networks)
-    memory_format = torch.channels_last_3d if device.type == "cuda" else torch.contiguous_format
-    padded, weight = layout.padded.to(device), layout.weight.to(device)
-    summed = torch.zeros((num_classes, *padded.shape[1:]), dtype=torch.float32, device=device)
-    weights = torch.zeros(padded.shape[1:], dtype=torch.float32, device=device)
-    step = max(int(batch_tiles), 1)
-    for first in range(0, len(tiles), step):
-        batch_slices = tiles[first:first + step]
+                        [len({t[a].start for t in layout.tiles}) for a in range(3)])
+    total = len(layout.tiles) * len(combos) * len(backends)
 
-        def on_pass(n=len(batch_slices)) -> None:
-            stats.forward_passes += n
-            if progress is not None:
-                progress(stats.forward_passes, total)
-        batch = torch.stack([padded[(slice(None), *t)] for t in batch_slices]).contiguous(memory_format=memory_format)
-        mean = _mean_logits(networks, batch, combos, num_classes, window, device, amp, on_pass)
-        for t, p in zip(batch_slices, mean):
-            summed[(slice(None), *t)] += p * weight
+    def passed(n: int) -> None:
+        stats.forward_passes += n
+        if progress is not None:
+            progress(stats.forward_passes, total)
+
+    if accelerator:
+        from RCSegNeXtCore.inference.torch_window import accumulate_on_device
+        summed = accumulate_on_device(backends, layout, combos, num_classes, max(int(batch_tiles), 1), passed, logits)
+    else:
+        summed = _accumulate(backends, layout, combos, num_classes, max(int(batch_tiles), 1), passed, logits)
+    if as_torch:
+        import torch
+        return torch.from_numpy(summed), stats
+    return summed, stats
+
+
+def _accumulate(backends, layout: Layout, combos, num_classes: int, step: int, passed: Callable[[int], None],
+                logits: bool) -> np.ndarray:
+    """The numpy path: Gaussian-weighted sums of every tile's mean logits, normalised, cropped to the input, softmax
+    unless `logits`."""
+    padded, weight = layout.padded, layout.weight
+    summed = np.zeros((num_classes, *padded.shape[1:]), dtype=np.float32)
+    weights = np.zeros(padded.shape[1:], dtype=np.float32)
+    buffers = Buffers(min(step, len(layout.tiles)), padded.shape[0], num_classes, layout.window)
+    for first in range(0, len(layout.tiles), step):
+        batch = layout.tiles[first:first + step]
+        for i, t in enumerate(batch):
+            buffers.tiles[i] = padded[(slice(None), *t)]
+        mean = _mean_logits(backends, buffers, len(batch), combos, lambda n=len(batch): passed(n))
+        for t, p in zip(batch, mean):
+            np.multiply(p, weight, out=buffers.weighted)
+            summed[(slice(None), *t)] += buffers.weighted
             weights[t] += weight
-    summed /= weights.clamp_min(1e-12)
-    summed = summed[(slice(None), *layout.region)]
-    return (summed if logits else torch.softmax(summed, dim=0)).cpu(), stats
+    np.maximum(weights, 1e-12, out=weights)
+    summed /= weights
+    summed = np.ascontiguousarray(summed[(slice(None), *layout.region)])
+    return summed if logits else softmax(summed)

@@ -21,20 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-RESIZE_PAD = 12                   # scipy pads by 12 (edge) before its spline filter for mode "nearest"
+# the numpy kernels shared with data/resample.py (preprocessing, inference without torch) live there
+from RCSegNeXtCore.data.resample import (RESIZE_PAD, mirror_index, nearest_indices,  # noqa: F401 (re-exported)
+                                         spline_resize_matrix)
 
 
 # -- boundary extensions ------------------------------------------------------------------------------------------
-def mirror_index(n: int, lo: int, hi: int) -> np.ndarray:
-    """Indices of positions lo..hi-1 of the mirror extension (d c b | a b c d | c b a), scipy's "mirror"."""
-    i = np.arange(lo, hi)
-    if n == 1:
-        return np.zeros_like(i)
-    period = 2 * (n - 1)
-    j = np.mod(i, period)
-    return np.where(j >= n, period - j, j)
-
-
 def symmetric_index(n: int, lo: int, hi: int) -> np.ndarray:
     """Indices of positions lo..hi-1 of the symmetric extension (d c b a | a b c d | d c b a), scipy's "reflect"."""
     i = np.arange(lo, hi)
@@ -166,37 +158,6 @@ def nearest_sample(values: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 
 
 # -- resizing (skimage.transform.resize, mode "edge", no anti-aliasing) ------------------------------------------------
-def nearest_indices(m: int, n: int) -> np.ndarray:
-    """Order 0, m -> n samples: the input index of each output sample (half-voxel grid, scipy's rounding)."""
-    x = (np.arange(n) + 0.5) * (m / n) - 0.5
-    return np.clip(np.floor(x + 0.5).astype(np.int64), 0, m - 1)
-
-
-def _beta3(t: np.ndarray) -> np.ndarray:
-    t = np.abs(t)
-    return np.where(t < 1, 2 / 3 - t ** 2 + t ** 3 / 2, np.where(t < 2, (2 - t) ** 3 / 6, 0.0))
-
-
-@lru_cache(maxsize=256)
-def spline_resize_matrix(m: int, n: int) -> np.ndarray:
-    """Order 3, m -> n samples, as an (n, m) float64 matrix: edge padding by 12, B-spline coefficients (mirror
-    boundary on the padded signal), evaluation at the half-voxel grid positions (skimage = scipy.ndimage.zoom with
-    grid_mode=True)."""
-    length = m + 2 * RESIZE_PAD
-    pad = np.zeros((length, m))
-    pad[np.arange(length), np.clip(np.arange(length) - RESIZE_PAD, 0, m - 1)] = 1.0
-    system = np.zeros((length, length))
-    for k, w in ((-1, 1 / 6), (0, 4 / 6), (1, 1 / 6)):
-        np.add.at(system, (np.arange(length), mirror_index(length, k, length + k)), w)
-    coefficients = np.linalg.solve(system, pad)
-    x = (np.arange(n) + 0.5) * (m / n) - 0.5 + RESIZE_PAD
-    first = np.floor(x).astype(np.int64) - 1       # the four taps stay inside the padded signal
-    evaluate = np.zeros((n, length))
-    for k in range(4):
-        evaluate[np.arange(n), first + k] = _beta3(x - (first + k))
-    return evaluate @ coefficients
-
-
 def resize_along(x: torch.Tensor, dim: int, matrix: np.ndarray) -> torch.Tensor:
     """Apply a (n, m) resize matrix along `dim` of x."""
     return along(x, dim, torch.as_tensor(matrix, dtype=x.dtype, device=x.device))

@@ -1,0 +1,53 @@
+"""The sliding window's device path for PyTorch backends on a GPU (CUDA, MPS): the padded volume, the Gaussian
+weights and the (K, z, y, x) sums live on the device; tiles are gathered, flipped and accumulated there, the network
+runs under the backend's autocast (bf16 / fp16) in channels_last_3d. Same tiles, weights, mirror combinations and
+arithmetic as sliding_window's numpy path (tested equal on the CPU); only the result comes back to the host.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+@torch.inference_mode()
+def accumulate_on_device(backends, layout, combos, num_classes: int, step: int, passed: Callable[[int], None],
+                         logits: bool) -> np.ndarray:
+    """`layout` (sliding_window.Layout) run by `backends` (TorchBackend, one per fold, all on one device) ->
+    averaged logits or probabilities (K, z, y, x) float32 on the host."""
+    device = backends[0].device
+    memory_format = torch.channels_last_3d if device.type == "cuda" else torch.contiguous_format
+    padded = torch.from_numpy(layout.padded).to(device)
+    weight = torch.from_numpy(layout.weight).to(device)
+    summed = torch.zeros((num_classes, *padded.shape[1:]), dtype=torch.float32, device=device)
+    weights = torch.zeros(padded.shape[1:], dtype=torch.float32, device=device)
+    for first in range(0, len(layout.tiles), step):
+        batch_slices = layout.tiles[first:first + step]
+        batch = torch.stack([padded[(slice(None), *t)] for t in batch_slices]).contiguous(memory_format=memory_format)
+        mean = _mean_logits(backends, batch, combos, num_classes, layout.window, lambda n=len(batch_slices): passed(n))
+        for t, p in zip(batch_slices, mean):
+            summed[(slice(None), *t)] += p * weight
+            weights[t] += weight
+    summed /= weights.clamp_min(1e-12)
+    summed = summed[(slice(None), *layout.region)]
+    return (summed if logits else torch.softmax(summed, dim=0)).float().cpu().numpy()
+
+
+def _mean_logits(backends, batch: torch.Tensor, combos, num_classes: int, window, on_pass) -> torch.Tensor:
+    """Logits of a batch of windows averaged over the backends (folds) and mirrorings; `on_pass` after each pass."""
+    device = batch.device
+    logits_sum = torch.zeros((batch.shape[0], num_classes, *window), dtype=torch.float32, device=device)
+    for backend in backends:
+        for combo in combos:
+            dims = [a + 2 for a in combo]
+            x = torch.flip(batch, dims) if dims else batch
+            with torch.autocast(device.type, dtype=backend.amp_dtype or torch.float32,
+                                enabled=backend.amp_dtype is not None):
+                out = backend.network(x)
+            if isinstance(out, (list, tuple)):  # deep supervision: full resolution first
+                out = out[0]
+            out = out.float()
+            logits_sum += torch.flip(out, dims) if dims else out
+            on_pass()
+    return logits_sum / (len(backends) * len(combos))
