@@ -4,6 +4,7 @@ with every part's headline numbers (docs/nnunet_parity.md).
 
     python benchmarks/nnunet_parity.py                    # every part
     python benchmarks/nnunet_parity.py --parts sampler    # some of them
+    python benchmarks/nnunet_parity.py --train            # also nnU-Net's trainer vs ours (~25 min on 2 CPU cores)
     python benchmarks/nnunet_parity.py --env /path/venv   # an existing reference environment
 
 A new part: one `Part` in PARTS (its module runs inside the environment as `python -m MODULE ARGS --json FILE`;
@@ -44,12 +45,25 @@ PARTS: Dict[str, Part] = {
     "sampler": Part(
         "benchmarks.parity.sampler", lambda a: [],
         lambda r: {"sampler_rule_mismatches": r["sampler_rule_mismatches"]}),
+    # only with --train (about 25 minutes on 2 shared CPU cores): both trainers, the held-out Dice tables per seed
+    "training": Part(
+        "benchmarks.parity.training",
+        lambda a: ["--seeds", *map(str, a.train_seeds)] + (["--work", str(a.train_work)] if a.train_work else []),
+        lambda r: {"training_dice": r["dice"], "training_comparison": r["comparison"],
+                   "training_within_twice_seed_spread": r["within"], "training_budget": r["budget"],
+                   "training_batch_dice": r["batch_dice"], "training_loss_check": r["loss_check"],
+                   "training_batch_dice_rule_agrees": all(row["agree"] for row in r.get("batch_dice_rule", []))}),
 }
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS))
+    parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=[p for p in PARTS if p != "training"])
+    parser.add_argument("--train", action="store_true", help="also the training part: nnU-Net's trainer and ours "
+                        "side by side on the phantom (about 25 minutes on 2 shared CPU cores)")
+    parser.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1], help="training: seeds (default 0 1)")
+    parser.add_argument("--train-work", type=Path, default=None, help="training: keep its work folder here (data, "
+                        "both preprocessings, run folders, predictions; default: a temporary folder, removed)")
     parser.add_argument("--env", type=Path, default=None, help="reference environment folder (default: "
                         f"$RCSEGNEXT_PARITY_ENV or {environment.DEFAULT_DIR})")
     parser.add_argument("--draws", type=int, default=10000, help="augmentation: samples per transform and side")
@@ -58,6 +72,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="augmentation: also test RCSegNeXt 0.1's variants (they should fail)")
     parser.add_argument("--json", type=Path, default=None, help="also write every part's full result here")
     args = parser.parse_args(argv)
+    if args.train and "training" not in args.parts:
+        args.parts.append("training")
     python = environment.ensure(args.env)
     summary: Dict[str, object] = {"reference": environment.installed(python)}
     full = {}
