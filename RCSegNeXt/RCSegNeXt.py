@@ -296,10 +296,14 @@ class RCSegNeXtWidget(ScriptedLoadableModuleWidget):
             return
         with slicer.util.tryWithErrorDisplay("Cannot start the segmentation.", waitCursor=True):
             hadTorch = dependencies.installed_torch_version() is not None
-            dependencies.ensure_requirements(ask=slicer.util.confirmOkCancelDisplay)
-            if not hadTorch:
+            gpu = bool(self._deviceInfo and self._deviceInfo.get("cuda"))
+            backend = dependencies.ensure_requirements(ask=slicer.util.confirmOkCancelDisplay, device=p.device,
+                                                       gpu_found=gpu, model_dir=p.modelPath)
+            if not hadTorch and dependencies.installed_torch_version() is not None:
                 self.detectDevice()  # torch was just installed: now the GPU can be probed
-            self._showReport(self.controller.start(p.inputVolume, p.modelPath, p.device, p.tta, output))
+            self.ui.deviceInfoLabel.text = dependencies.describe_backend(backend, p.device)
+            self._showReport(self.controller.start(p.inputVolume, p.modelPath, p.device, p.tta, output,
+                                                   backend=backend))
             self._timer.start()
         self._updateButtons()
 

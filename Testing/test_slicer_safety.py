@@ -211,7 +211,7 @@ def test_subprocess_run_reports_warnings_progress_and_log_lines(scene, logic, sa
     assert report.segmentation.GetAttribute(WARNINGS_ATTRIBUTE) == report.warnings[0]
     assert any("-m RCSegNeXtCore predict" in line for line in lines)    # the command, for the console
     assert any(line.startswith("warning:") for line in lines)            # the child's stderr reaches the console
-    assert any(s.startswith("Segmenting: tile") for s in statuses), set(statuses)
+    assert any(s.startswith("Segmenting on openvino") and ": tile" in s for s in statuses), set(statuses)
     assert list(private_temp.iterdir()) == []                            # temp folder removed
 
 
@@ -243,7 +243,8 @@ def test_panel_code_paths_do_not_import_torch(tiny_model):
 def test_device_line_texts():
     module_on_path()
     from RCSegNeXtLib.dependencies import describe_device
-    assert "first Apply" in describe_device(None)
+    assert "no PyTorch needed" in describe_device(None)              # the CPU engine: no torch download
+    assert "first Apply" in describe_device(None, "cuda")             # a GPU run installs PyTorch then
     gpu = {"torch": "2.13", "cuda": True, "name": "NVIDIA H200", "free_gb": 130.2, "total_gb": 143.8}
     assert describe_device(gpu) == "CUDA GPU: NVIDIA H200, 130.2 of 143.8 GB free: seconds per volume."
     assert "not used" in describe_device(gpu, "cpu")

@@ -61,11 +61,14 @@ def format_duration(seconds: float) -> str:
 class ProgressText:
     """Status line from progress events: stage, tile count and, once tiles are timed, the time left."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, clock: Callable[[], float] = time.monotonic, engine: str = ""):
         self.clock = clock
+        self.engine = engine  # what runs the network; the child's own description replaces it when it sends one
         self._first = None  # (time, tiles done) at the first tile event of the current case
 
     def __call__(self, event: runner_module.ProgressEvent) -> str:
+        if event.raw.get("engine"):
+            self.engine = str(event.raw["engine"])
         if event.stage == "preprocess":
             self._first = None
             return "Reading and preparing the volume..."
@@ -73,7 +76,8 @@ class ProgressText:
             now = self.clock()
             if self._first is None or event.tiles_done < self._first[1]:
                 self._first = (now, event.tiles_done)
-            text = f"Segmenting: tile {event.tiles_done} of {event.tiles_total}"
+            on = f" on {self.engine}" if self.engine else ""
+            text = f"Segmenting{on}: tile {event.tiles_done} of {event.tiles_total}"
             start, start_tiles = self._first
             if event.tiles_done > start_tiles and now > start:
                 left = (event.tiles_total - event.tiles_done) * (now - start) / (event.tiles_done - start_tiles)
@@ -129,8 +133,9 @@ class RunController:
         return self._runner is not None
 
     def start(self, volumeNode, modelDir: str, device: str = "auto", tta: bool = False, outputNode=None,
-              folds=None) -> RunReport:
-        """Write the volume to a temp folder and start the child; raises (leaving nothing behind) when it cannot."""
+              folds=None, backend: str = "auto") -> RunReport:
+        """Write the volume to a temp folder and start the child; raises (leaving nothing behind) when it cannot.
+        `backend`: what runs the network (auto | torch | openvino | onnxruntime, as `predict --backend`)."""
         if self.running:
             raise RCSegNeXtError("a segmentation is already running; cancel it first")
         problem = self.readiness(volumeNode, modelDir)
@@ -142,14 +147,15 @@ class RunController:
             input_path = self.logic.writeInput(volumeNode, temp / "input.nrrd")
             output_path = temp / "labels.nrrd"
             command = runner_module.build_predict_command(self.python or runner_module.find_python_slicer(),
-                                                          input_path, output_path, modelDir, device, tta, folds)
+                                                          input_path, output_path, modelDir, device, tta, folds,
+                                                          backend=backend)
             run = runner_module.SubprocessRunner(command).start()
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
             raise
         self._runner, self._temp, self.lastVolume = run, temp, volumeNode
         self._run = {"volume": volumeNode, "model": str(modelDir), "output_node": outputNode, "output": output_path}
-        self._progress = ProgressText(self.clock)
+        self._progress = ProgressText(self.clock, engine="" if backend == "auto" else backend)
         self.report = RunReport(RUNNING, 0.0, "Starting...")
         self.log(" ".join(command))
         return self.report

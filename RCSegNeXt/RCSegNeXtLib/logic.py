@@ -1,10 +1,12 @@
 """RCSegNeXtLogic: the Slicer module's logic, Qt-free, usable from Slicer's Python console, scripts and tests.
 
 It only translates between MRML nodes and the core (`RCSegNeXtCore`): the segmentation science (prediction,
-metrics, dataset layout) lives in the core. torch is imported only inside `segment` (Slicer starts without it).
+metrics, dataset layout) lives in the core. torch is imported only inside `segment`, and only when the torch backend
+runs (a GPU, or `backend="torch"`): on the CPU an inference engine runs the model folder's ONNX files without it.
 
     logic = RCSegNeXtLogic()
-    seg = logic.segment(volumeNode, "/path/to/model", device="auto", tta=False)
+    seg = logic.segment(volumeNode, "/path/to/model", device="auto", tta=False)   # backend="auto"
+    logic.lastEngine                                         # e.g. 'openvino 2026.4.1 (CPU, f32, 2 threads)'
     logic.lastWarnings                                       # why the input may be far from the training data
     logic.computeDice(referenceSegmentationNode, seg)        # {"Rectum": 0.91, "Tumor": 0.78}
     logic.saveAsTrainingCase(volumeNode, seg, "/data/Dataset001_Rectal")
@@ -64,19 +66,26 @@ class RCSegNeXtLogic:
 
     def __init__(self):
         self.lastWarnings: List[str] = []  # input warnings of the last `segment` / `loadResult`
+        self.lastEngine = ""               # what ran the network in the last `segment`
 
     # -- segmentation ------------------------------------------------------------------------------------------
     def segment(self, volumeNode, modelDir: str | os.PathLike, device: str = "auto", tta: bool = False,
-                segmentationNode=None, progress: Optional[ProgressCallback] = None, folds=None):
+                segmentationNode=None, progress: Optional[ProgressCallback] = None, folds=None,
+                backend: str = "auto"):
         """Segment `volumeNode` in this process (blocks) and return the segmentation node with Rectum and Tumor.
+        `backend` (auto | torch | openvino | onnxruntime) picks what runs the network, as `predict --backend`;
+        `lastEngine` then says which ran.
 
         Warnings about the input (another slice plane than the model's, far-off spacing) land in `lastWarnings`,
         on the node (attribute `RCSegNeXt.Warnings`) and in the log (Slicer's Python console)."""
         self.checkOutputNode(volumeNode, segmentationNode)
         from RCSegNeXtCore.inference.config import PredictionConfig
-        from RCSegNeXtCore.inference.predictor import Predictor  # torch is imported here, not at module load
+        from RCSegNeXtCore.inference.predictor import Predictor  # torch only for the torch backend
         image = convert.volume_to_image(volumeNode)
-        predictor = Predictor.from_config(PredictionConfig(model=str(modelDir), folds=folds, device=device, tta=tta))
+        predictor = Predictor.from_config(PredictionConfig(model=str(modelDir), folds=folds, device=device, tta=tta,
+                                                           backend=backend))
+        self.lastEngine = predictor.engine
+        logging.info("RCSegNeXt: %s", self.lastEngine)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # reported below, once, instead
             prediction = predictor.predict(image, progress=progress, source=volumeNode.GetName())

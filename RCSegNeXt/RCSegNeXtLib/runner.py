@@ -111,10 +111,12 @@ def core_search_path() -> str:
 
 def build_predict_command(python: str, input_path: str | os.PathLike, output_path: str | os.PathLike,
                           model_dir: str | os.PathLike, device: str = "auto", tta: bool = False,
-                          folds: Optional[Sequence[int]] = None, module: str = PREDICT_MODULE) -> List[str]:
-    """`PythonSlicer -m RCSegNeXtCore predict -i IN -o OUT -m MODEL --device D [--tta] [--folds ..] --progress-json`."""
+                          folds: Optional[Sequence[int]] = None, module: str = PREDICT_MODULE,
+                          backend: str = "auto") -> List[str]:
+    """`PythonSlicer -m RCSegNeXtCore predict -i IN -o OUT -m MODEL --device D --backend B [--tta] [--folds ..]
+    --progress-json`."""
     command = [str(python), "-m", module, "predict", "-i", str(input_path), "-o", str(output_path), "-m", str(model_dir),
-               "--device", str(device)]
+               "--device", str(device), "--backend", str(backend or "auto")]
     if tta:
         command.append("--tta")
     if folds:
