@@ -172,7 +172,7 @@ def case_file(tmp_path_factory):
     return model, folder / "case.nii.gz"
 
 
-@pytest.mark.parametrize("tta", [False, True])
+@pytest.mark.parametrize("tta", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_every_backend_gives_the_torch_backends_labels_and_probabilities(case_file, tta):
     """The same sliding window (tiles, Gaussian, mirrors, both folds, restore) on each backend: labels equal and
     probabilities within 1e-4 of the torch backend's (which equals today's device path: test_sliding_window)."""

@@ -26,7 +26,7 @@ def tiny_plans(**overrides) -> Plans:
 
 
 def test_init_model_folder_loads_every_fold(tmp_path):
-    out = init_model_folder(tiny_plans(), tmp_path / "m", folds=(0, 2), seed=3)
+    out = init_model_folder(tiny_plans(), tmp_path / "m", folds=(0, 2), seed=3, export_onnx=False)
     model = ModelFolder(out)
     assert model.folds == [0, 2] and model.labels == {"background": 0, "rectum": 1, "tumour": 2}
     nets = model.load_networks()
@@ -34,7 +34,8 @@ def test_init_model_folder_loads_every_fold(tmp_path):
     # different folds get different random weights; the same seed reproduces them
     a, b = (dict(n.named_parameters())["stem.weight"] for n in nets)
     assert not torch.equal(a, b)
-    again = ModelFolder(init_model_folder(tiny_plans(), tmp_path / "m2", folds=(0,), seed=3)).load_networks()[0]
+    again = ModelFolder(init_model_folder(tiny_plans(), tmp_path / "m2", folds=(0,), seed=3,
+                                          export_onnx=False)).load_networks()[0]
     assert torch.equal(dict(again.named_parameters())["stem.weight"], a)
     # single-fold hash is the checkpoint file's SHA-256 (what sha256sum prints)
     import hashlib
@@ -45,18 +46,18 @@ def test_init_model_folder_loads_every_fold(tmp_path):
     with pytest.raises(ModelError, match="checkpoint_best.pt"):
         model.checkpoint_path(0, "best")
     with pytest.raises(ModelError, match="already holds a model folder"):
-        init_model_folder(tiny_plans(), out)
+        init_model_folder(tiny_plans(), out, export_onnx=False)
 
 
 def test_init_model_cli_with_base_channels(tmp_path):
     tiny_plans().save(tmp_path / "plans.json")
     assert cli(["init-model", "--plans", str(tmp_path / "plans.json"), "-o", str(tmp_path / "m"),
-                "--base-channels", "8", "--folds", "0", "1"]) == 0
+                "--base-channels", "8", "--folds", "0", "1", "--no-onnx"]) == 0
     model = ModelFolder(tmp_path / "m")
     assert model.plans.architecture.base_channels == 8 and model.folds == [0, 1]
     assert model.load_networks()[0].stem.out_channels == 8
     assert cli(["init-model", "--plans", str(tmp_path / "plans.json"), "-o", str(tmp_path / "all"),
-                "--folds", "all"]) == 0
+                "--folds", "all", "--no-onnx"]) == 0
     assert ModelFolder(tmp_path / "all").folds == ["all"]
     assert cli(["init-model", "--plans", str(tmp_path / "plans.json"), "-o", str(tmp_path / "bad"),
                 "--folds", "first"]) == 2
@@ -64,11 +65,12 @@ def test_init_model_cli_with_base_channels(tmp_path):
 
 def test_fold_all_is_accepted_and_selected_by_name(tmp_path):
     from RCSegNeXtCore.inference.predictor import Predictor
-    only_all = ModelFolder(init_model_folder(tiny_plans(), tmp_path / "a", folds=("all",)))
+    only_all = ModelFolder(init_model_folder(tiny_plans(), tmp_path / "a", folds=("all",), export_onnx=False))
     assert (tmp_path / "a" / "fold_all" / "checkpoint_final.pt").is_file()
     assert only_all.folds == ["all"] and only_all.select_folds() == ["all"]   # no numbered fold: fold_all is used
     assert len(only_all.load_networks()) == 1
-    both = ModelFolder(init_model_folder(tiny_plans(), tmp_path / "b", folds=(0, 1, "all"), seed=3))
+    both = ModelFolder(init_model_folder(tiny_plans(), tmp_path / "b", folds=(0, 1, "all"), seed=3,
+                                         export_onnx=False))
     assert both.folds == [0, 1, "all"]
     assert both.select_folds() == [0, 1]                  # default: the numbered folds (cross-validation ensemble)
     assert both.select_folds(["all"]) == ["all"] and both.select_folds(["0", "fold_all"]) == [0, "all"]
@@ -78,7 +80,8 @@ def test_fold_all_is_accepted_and_selected_by_name(tmp_path):
     assert not torch.equal(net_all.stem.weight, net_0.stem.weight)
     assert Predictor(tmp_path / "b", folds=["all"], device="cpu").folds == ["all"]
     with pytest.raises(ModelError, match=r"fold\(s\) \['all'\] not present"):
-        ModelFolder(init_model_folder(tiny_plans(), tmp_path / "c", folds=(0,))).select_folds(["all"])
+        ModelFolder(init_model_folder(tiny_plans(), tmp_path / "c", folds=(0,),
+                                      export_onnx=False)).select_folds(["all"])
     with pytest.raises(ModelError, match="fold must be a number"):
         both.select_folds(["last"])
 
@@ -99,14 +102,14 @@ def test_predict_cli_folds_all(tmp_path):
 
 
 def test_folder_whose_parts_do_not_fit_is_refused(tmp_path):
-    out = init_model_folder(tiny_plans(), tmp_path / "m")
+    out = init_model_folder(tiny_plans(), tmp_path / "m", export_onnx=False)
     data = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     data["labels"] = {"background": 0, "rectum": 1, "lesion": 2}
     (out / "dataset.json").write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(ModelError, match=r"dataset.json labels .*lesion.* vs plans.json labels .*tumour"):
         ModelFolder(out)
     # weights made for another width than plans.json says
-    other = init_model_folder(tiny_plans(), tmp_path / "w", base_channels=8)
+    other = init_model_folder(tiny_plans(), tmp_path / "w", base_channels=8, export_onnx=False)
     tiny_plans().save(other / "plans.json")
     with pytest.raises(ModelError, match=r"base_channels: checkpoint 8, plan 4"):
         ModelFolder(other).load_networks()
@@ -125,7 +128,7 @@ class _RunsCode:
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_crafted_pickle_is_refused_and_never_runs(tmp_path):
-    out = init_model_folder(tiny_plans(), tmp_path / "m")
+    out = init_model_folder(tiny_plans(), tmp_path / "m", export_onnx=False)
     marker = tmp_path / "PWNED"
     checkpoint = out / "fold_0" / "checkpoint_final.pt"
     good = torch.load(checkpoint, weights_only=True)

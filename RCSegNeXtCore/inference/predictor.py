@@ -2,10 +2,11 @@
 
 read -> preprocess exactly as plans.json says -> sliding window (inference.sliding_window) over every chosen fold
 (logits averaged), each fold run by a backend (inference/backends.py: `backend` "auto" | "torch" | "openvino" |
-"onnxruntime"; auto = `select_backend`: PyTorch on a GPU, else the fastest installed CPU engine) -> restored to the input grid as the plan's `resampling.restore` says (the logits resampled, then
-softmax, as nnU-Net's export; or, for 0.1 plans, the softmax resampled) -> argmax. Optional `resize_to` first
-resamples the input to a fixed voxel grid over the same physical extent (as the paper did for its external Dataset
-B, [21, 512, 512]) and maps the probabilities back to the original grid before the argmax.
+"onnxruntime"; auto = `select_backend`: PyTorch on a GPU, else the fastest installed CPU engine) -> restored to the
+input grid as the plan's `resampling.restore` says (the logits resampled, then softmax, as nnU-Net's export; or,
+for 0.1 plans, the softmax resampled) -> argmax. Optional `resize_to` first resamples the input to a fixed voxel
+grid over the same physical extent (as the paper did for its external Dataset B, [21, 512, 512]) and maps the
+probabilities back to the original grid before the argmax.
 
 With an engine backend nothing here imports torch: the engines run fold_K/model.onnx (inference/onnx_export.py;
 exported first when missing or stale and PyTorch is there, refused when it is not), everything else is numpy.
