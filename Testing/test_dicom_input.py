@@ -289,7 +289,7 @@ def test_plan_and_init_model_record_the_slice_plane(tmp_path, capsys):
     assert Plans.load(tmp_path / "axial.json").slice_orientation == "axial"
     assert make_plans_from_values([5, 5, 5], [16, 32, 32]).slice_orientation is None   # the API: no plane unless asked
 
-    init = ["init-model", "--plans", str(tmp_path / "default.json")]
+    init = ["init-model", "--plans", str(tmp_path / "default.json"), "--no-onnx"]   # ONNX: test_onnx_export.py
     assert cli([*init, "-o", str(tmp_path / "keep")]) == 0
     assert ModelFolder(tmp_path / "keep").plans.slice_orientation == "sagittal"
     assert cli([*init, "-o", str(tmp_path / "coronal"), "--slice-plane", "coronal"]) == 0

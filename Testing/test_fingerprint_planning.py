@@ -202,6 +202,7 @@ def _sphere_label(geometry, centre_mm_offset=(0.0, 0.0, 0.0)):
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_real_sagittal_dataset_round_trip(real_data, tmp_path):
     """ProstateX sagittal T2 (a DICOM series and two converted files) with drawn labels: the two cases at the
     median spacing come back identical, the one at 0.625 mm is resampled and comes back close."""
@@ -233,7 +234,8 @@ def test_real_sagittal_dataset_round_trip(real_data, tmp_path):
 
 
 @pytest.mark.real_data
-@pytest.mark.parametrize("target", [None, (3.0, 0.8, 0.8), (4.0, 0.875, 0.875)])
+@pytest.mark.parametrize("target", [None, pytest.param((3.0, 0.8, 0.8), marks=pytest.mark.slow),
+                                    pytest.param((4.0, 0.875, 0.875), marks=pytest.mark.slow)])
 def test_real_rectal_dataset_round_trip(real_data, tmp_path, target):
     """The real rectal T2 with its tumour mask: exact at its own spacing, Dice >= 0.9 through another spacing."""
     folder = real_data / "rectal_filitto"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from training_helpers import tiny_cases
 
@@ -72,6 +73,7 @@ def test_old_plans_with_deep_supervision_load_and_keep_it_as_a_training_option()
         assert plans.network_signature() == Plans.load(OLD).network_signature()  # the same network either way
 
 
+@pytest.mark.slow
 def test_old_run_folder_trained_with_deep_supervision_resumes_with_it(tmp_path):
     """A 0.1.0 run folder (plans.json with architecture.deep_supervision = true, a checkpoint with heads and the key in
     its signature, no training_config.json) resumes with deep supervision on, without --deep-supervision."""

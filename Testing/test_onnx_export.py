@@ -69,6 +69,7 @@ def test_trace_size_is_the_smallest_input_the_network_takes():
     assert _trace_size(make_plans_from_values([4.0, 0.875, 0.875], [16, 320, 320])) == [8, 16, 16]
 
 
+@pytest.mark.slow
 def test_a_changed_checkpoint_plan_or_file_is_stale_and_exported_again(tmp_path):
     out = init_model_folder(tiny_plans(), tmp_path / "m", seed=1)
     assert onnx_status(out, 0).ok
@@ -118,6 +119,7 @@ def test_without_pytorch_a_stale_file_is_refused_and_a_current_one_used(tmp_path
     assert "Exporting it again needs PyTorch" in refused.stderr and "rcsegnext export-onnx" in refused.stderr
 
 
+@pytest.mark.slow
 def test_export_onnx_command(tmp_path, capsys):
     out = init_model_folder(tiny_plans(), tmp_path / "m", folds=(0, "all"), seed=2, export_onnx=False)
     assert not onnx_path(out, 0).exists()
@@ -131,6 +133,7 @@ def test_export_onnx_command(tmp_path, capsys):
     assert "checkpoint_best.pt: not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_init_model_cli_exports_unless_told_not_to_and_says_why_when_onnx_is_missing(tmp_path, capsys):
     plans = tiny_plans().save(tmp_path / "plans.json")
     assert cli(["init-model", "--plans", str(plans), "-o", str(tmp_path / "a"), "--no-onnx"]) == 0
