@@ -2,6 +2,7 @@
 
     python benchmarks/engines.py [--repeats 3] [--warmup 1] [--rounds 1] [--width 32]
                                  [--trained MODEL_DIR --images IMG [IMG ...]] [--json OUT.json]
+                                 [--volume] [--dicom SERIES_DIR] [--skip-patch]
 
 One [1, 1, 16, 320, 320] patch of a smooth random volume, the paper's Dataset A plan (spacing [4.0, 0.875, 0.875]),
 RCSegNeXt at `--width` (32: the paper's) with random weights (seed 0), exported by `rcsegnext export-onnx`. Every run
@@ -26,7 +27,16 @@ voxels with the same label, Dice of each class's voxels between the two label ma
 
 With `--trained MODEL_DIR --images ...` (a trained model folder, e.g. the demo's `demo_output/run`, and its held-out
 images): every tile the predictor places on each preprocessed image is run through torch and each engine; the
-agreement is over all of them.
+agreement is over all of them. The same images are also predicted end to end by fresh `rcsegnext predict` processes
+(`--save-probabilities`), once per backend of `--trained-backends`: label Dice per class and max |probability
+difference| of each engine against `--backend torch`.
+
+With `--volume`: a whole [24, 512, 512] volume (NIfTI, the plan's spacing) through fresh `rcsegnext predict` processes
+on a model folder made by `rcsegnext init-model` with the paper's plan at `--width` (ONNX exported there, not
+timed), default tiles, no TTA, once per backend of `--volume-backends` (default: auto, then torch). With `--dicom DIR`:
+the DICOM series folder to `.seg.nrrd` the same way. Each process is timed from its start to its exit (the output
+file written) under `/usr/bin/time -v` (peak resident memory = its ru_maxrss, user / system time, minor page faults);
+the wall time is also given in nnU-Net patch-forwards of the patch table of the same run.
 """
 from __future__ import annotations
 
@@ -225,6 +235,164 @@ def trained_tiles(model_dir: Path, images: List[str]) -> np.ndarray:
     return np.stack(tiles).astype(np.float32)
 
 
+# -- whole cases through fresh `rcsegnext predict` processes ---------------------------------------------------------
+def rcsegnext_command() -> List[str]:
+    script = Path(sys.executable).with_name("rcsegnext")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "RCSegNeXtCore"]
+
+
+def timed_process(command: List[str], output: Path) -> Dict:
+    """Runs `command` as a fresh process under /usr/bin/time -v (when there is one): wall seconds from the start to
+    its exit, whether `output` was written, user / system seconds, peak resident memory, minor page faults."""
+    stats = output.parent / (output.name + ".time")
+    wrap = ["/usr/bin/time", "-v", "-o", str(stats)] if Path("/usr/bin/time").exists() else []
+    load = os.getloadavg()[0]
+    began = time.perf_counter()
+    done = subprocess.run(wrap + command, capture_output=True, text=True, cwd=REPO)
+    wall = time.perf_counter() - began
+    if done.returncode != 0 or not output.exists():
+        raise RuntimeError(f"{' '.join(command)} failed (rc {done.returncode}):\n{done.stderr[-3000:]}")
+    result = {"command": " ".join(command), "wall_s": wall, "load_1min_before": load}
+    if wrap:
+        keys = {"User time (seconds)": "user_s", "System time (seconds)": "system_s",
+                "Maximum resident set size (kbytes)": "peak_mb", "Minor (reclaiming a frame) page faults": "minor_faults"}
+        for line in stats.read_text().splitlines():
+            name, _, value = line.strip().rpartition(": ")
+            if name in keys:
+                result[keys[name]] = float(value) / (1024 if keys[name] == "peak_mb" else 1)
+    engine = [line for line in done.stderr.splitlines() if line.startswith("engine:")]
+    result["engine_line"] = engine[0].strip() if engine else ""
+    return result
+
+
+def paper_model(work: Path, width: int, patch) -> Path:
+    """A model folder with random weights, the paper's Dataset A plan at `width`, made by `rcsegnext init-model`
+    (which exports fold_0/model.onnx; not timed)."""
+    from RCSegNeXtCore.planning import make_plans_from_values
+    plans_file = work / "paper_plans.json"
+    make_plans_from_values(SPACING, patch, base_channels=width).save(plans_file)
+    model = work / f"paper_w{width}"
+    if not (model / "fold_0" / "model.onnx").exists():
+        subprocess.run(rcsegnext_command() + ["init-model", "--plans", str(plans_file), "-o", str(model),
+                                              "--overwrite"], check=True, capture_output=True, text=True, cwd=REPO)
+    return model
+
+
+def write_volume(path: Path, shape, spacing) -> Path:
+    """The smooth random volume of `smooth_patch` at `shape`, written as NIfTI with `spacing` ([z, y, x])."""
+    import SimpleITK as sitk
+    image = sitk.GetImageFromArray(smooth_patch(shape)[0, 0] * 100.0 + 500.0)
+    image.SetSpacing([float(s) for s in reversed(spacing)])
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def case_runs(name: str, model: Path, source: Path, work: Path, backends, suffix: str, patch_s) -> Dict[str, Dict]:
+    results = {}
+    for backend in backends:
+        output = work / f"{name}_{backend}{suffix}"
+        output.unlink(missing_ok=True)
+        print(f"  [{name}] rcsegnext predict --backend {backend} ...", file=sys.stderr, flush=True)
+        command = rcsegnext_command() + ["predict", "-i", str(source), "-o", str(output), "-m", str(model),
+                                         "--backend", backend]
+        results[backend] = timed_process(command, output)
+        results[backend]["output"] = str(output)
+        if patch_s:
+            results[backend]["nnunet_patch_forwards"] = results[backend]["wall_s"] / patch_s
+        print(f"    {format_case(backend, results[backend])}", file=sys.stderr, flush=True)
+    if "torch" in results and "auto" in results and suffix != ".seg.nrrd":
+        results["auto"]["agreement_with_torch"] = label_agreement(Path(results["auto"]["output"]),
+                                                                  Path(results["torch"]["output"]))
+    return results
+
+
+def format_case(backend: str, r: Dict) -> str:
+    forwards = f"{r['nnunet_patch_forwards']:.2f}" if "nnunet_patch_forwards" in r else "-"
+    return (f"| {backend} | {r['wall_s']:.1f} | {forwards} | {r.get('user_s', float('nan')):.1f} | "
+            f"{r.get('system_s', float('nan')):.1f} | {r.get('peak_mb', float('nan')):.0f} | "
+            f"{r.get('minor_faults', float('nan')) / 1e6:.2f} | {r['load_1min_before']:.1f} | {r['engine_line']} |")
+
+
+def case_table(results: Dict[str, Dict]) -> str:
+    lines = ["| backend | wall s (process start to file written) | nnU-Net patch-forwards | user s | sys s | "
+             "peak MB (ru_maxrss) | minor faults (M) | load (1 min) before | engine (predict's stderr) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines += [format_case(backend, r) for backend, r in results.items()]
+    agree = results.get("auto", {}).get("agreement_with_torch")
+    if agree:
+        lines.append(f"\nauto vs torch labels: equal on {agree['labels_equal']:.5f} of the voxels, Dice per class "
+                     + " / ".join(f"{d:.4f}" for d in agree["dice_per_class"]))
+    return "\n".join(lines)
+
+
+def read_array(path: Path) -> np.ndarray:
+    import SimpleITK as sitk
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def label_agreement(a: Path, b: Path, classes: int = 3) -> Dict:
+    la, lb = read_array(a), read_array(b)
+    return {"labels_equal": float((la == lb).mean()), "dice_per_class": [dice(la == k, lb == k) for k in range(classes)]}
+
+
+def trained_predictions(model: Path, images: List[str], backends, work: Path) -> Dict:
+    """Every held-out image through fresh `rcsegnext predict --save-probabilities` processes, one per backend (a
+    folder of cases); per engine: label Dice per class pooled over the images (and the worst image), max |p - p_torch|."""
+    import shutil
+    folder = work / "held_out"
+    folder.mkdir(exist_ok=True)
+    for image in images:
+        target = folder / Path(image).name
+        if not target.exists():
+            shutil.copy(image, target)
+    out = {}
+    for backend in backends:
+        output = work / f"held_out_{backend}"
+        print(f"  [trained, end to end] rcsegnext predict --backend {backend} ...", file=sys.stderr, flush=True)
+        command = rcsegnext_command() + ["predict", "-i", str(folder), "-o", str(output), "-m", str(model),
+                                         "--backend", backend, "--save-probabilities", "--overwrite"]
+        began = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+        out[backend] = {"wall_s": time.perf_counter() - began, "output": str(output)}
+    reference = Path(out["torch"]["output"])
+    for backend in backends:
+        if backend == "torch":
+            continue
+        pooled, worst, max_dp, classes = None, None, 0.0, None
+        for label in sorted(reference.glob("*.nii.gz")):
+            ref, lab = read_array(label), read_array(Path(out[backend]["output"]) / label.name)
+            classes = classes or max(3, int(ref.max()) + 1)
+            counts = np.array([[np.logical_and(lab == k, ref == k).sum(), (lab == k).sum(), (ref == k).sum()]
+                               for k in range(classes)], np.float64)
+            pooled = counts if pooled is None else pooled + counts
+            dices = [2 * i / (a + b) if a + b else float("nan") for i, a, b in counts]
+            worst = dices if worst is None else [min(w, d) for w, d in zip(worst, dices)]
+            stem = label.name[:-len(".nii.gz")]
+            p_ref = read_array(reference / "probabilities" / f"{stem}.nrrd")
+            p = read_array(Path(out[backend]["output"]) / "probabilities" / f"{stem}.nrrd")
+            max_dp = max(max_dp, float(np.abs(p.astype(np.float64) - p_ref).max()))
+        out[backend]["dice_per_class_pooled"] = [2 * i / (a + b) if a + b else float("nan") for i, a, b in pooled]
+        out[backend]["dice_per_class_worst_image"] = worst
+        out[backend]["max_abs_probability_diff"] = max_dp
+    return out
+
+
+def trained_prediction_table(out: Dict) -> str:
+    lines = ["| backend | wall s (all images, one process) | label Dice per class vs torch, pooled (0, 1, 2) | "
+             "worst image | max abs. probability diff |", "|---|---:|---|---|---:|"]
+    for backend, r in out.items():
+        if backend == "torch":
+            lines.append(f"| torch | {r['wall_s']:.1f} | - | - | - |")
+            continue
+        lines.append(f"| {backend} | {r['wall_s']:.1f} | "
+                     + " / ".join(f"{d:.5f}" for d in r["dice_per_class_pooled"]) + " | "
+                     + " / ".join(f"{d:.5f}" for d in r["dice_per_class_worst_image"])
+                     + f" | {r['max_abs_probability_diff']:.2e} |")
+    return "\n".join(lines)
+
+
 # -- the run -------------------------------------------------------------------------------------------------------
 def measure(runs, model_dir: Path, tiles: np.ndarray, work: Path, args, tag: str) -> Dict[str, Dict]:
     tiles_file = work / f"{tag}_tiles.npy"
@@ -298,6 +466,17 @@ def main(argv=None) -> int:
     parser.add_argument("--trained", default=None, help="a trained model folder (agreement on held-out images)")
     parser.add_argument("--images", nargs="*", default=[], help="held-out images for --trained")
     parser.add_argument("--trained-repeats", type=int, default=1)
+    parser.add_argument("--trained-backends", nargs="+", default=["torch", "openvino", "onnxruntime"],
+                        help="backends for the end-to-end predictions of the held-out images (torch first)")
+    parser.add_argument("--volume", action="store_true", help="also a whole [24, 512, 512] volume end to end")
+    parser.add_argument("--volume-shape", type=int, nargs=3, default=[24, 512, 512], metavar=("Z", "Y", "X"))
+    parser.add_argument("--volume-backends", nargs="+", default=["auto", "torch"])
+    parser.add_argument("--dicom", default=None, help="a DICOM series folder to .seg.nrrd end to end")
+    parser.add_argument("--dicom-backends", nargs="+", default=["auto", "torch"])
+    parser.add_argument("--order", nargs="+", default=["patch", "volume-auto", "dicom", "trained", "volume-rest"],
+                        help="order of the parts (volume-auto: --volume's first backend; volume-rest: the others)")
+    parser.add_argument("--skip-patch", action="store_true", help="no patch table (ratios then missing)")
+    parser.add_argument("--work", default=None, help="keep the work folder here (default: a temporary one)")
     parser.add_argument("--json", default=None, help="write every figure to this JSON file")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
@@ -315,38 +494,78 @@ def main(argv=None) -> int:
     report = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "threads": args.threads,
               "load_average_start": os.getloadavg()}
     print(f"machine: {report['machine']}\nthreads per run: {args.threads}; load average at the start "
-          f"{' '.join(f'{v:.1f}' for v in report['load_average_start'])}")
+          f"{' '.join(f'{v:.1f}' for v in report['load_average_start'])}", flush=True)
+
+    def save():
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=1))
+
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        plans = make_plans_from_values(SPACING, args.patch, base_channels=args.width)
-        model = init_model_folder(plans, work / "random", seed=0, export_onnx=False)
-        began = time.perf_counter()
-        export = subprocess.run([sys.executable, "-m", "RCSegNeXtCore", "export-onnx", str(model)],
-                                capture_output=True, text=True, cwd=REPO)
-        report["export_seconds_process"] = time.perf_counter() - began
-        print(f"export (fresh process, imports included): {report['export_seconds_process']:.1f} s; "
-              f"{export.stdout.strip() or export.stderr.strip()}")
-        patch = smooth_patch(args.patch)
-        results = measure(args.runs, model, patch, work, args, "random")
-        report["random"] = results
-        print(f"\nOne [1, 1, {', '.join(map(str, args.patch))}] patch, width {args.width}, random weights "
-              f"(repeats {args.repeats} after {args.warmup} warm-up, {args.rounds} round(s)):\n")
-        print(format_table(results, "nnunet" if "nnunet" in results else None))
-        if args.trained:
-            tiles = trained_tiles(Path(args.trained), args.images)
-            trained_args = argparse.Namespace(**{**vars(args), "repeats": args.trained_repeats, "warmup": 0,
-                                                 "rounds": 1})
-            runs = [r for r in TRAINED_RUNS if r in args.runs or r == "torch"]
-            trained = measure(runs, Path(args.trained), tiles, work, trained_args, "trained")
-            report["trained"] = {"model": str(args.trained), "images": args.images, "tiles": int(len(tiles)),
-                                 "tile_shape": list(tiles.shape[1:]), "runs": trained}
-            print(f"\nTrained model {args.trained}: {len(tiles)} tiles {list(tiles.shape[1:])} of "
-                  f"{len(args.images)} held-out image(s), agreement with torch over all of them:\n")
-            print(format_table(trained, None))
+        work = Path(args.work or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        patch_s = None
+        for part in args.order:
+            if part == "patch" and not args.skip_patch:
+                plans = make_plans_from_values(SPACING, args.patch, base_channels=args.width)
+                model = init_model_folder(plans, work / "random", seed=0, export_onnx=False, overwrite=True)
+                began = time.perf_counter()
+                export = subprocess.run([sys.executable, "-m", "RCSegNeXtCore", "export-onnx", str(model)],
+                                        capture_output=True, text=True, cwd=REPO)
+                report["export_seconds_process"] = time.perf_counter() - began
+                print(f"export (fresh process, imports included): {report['export_seconds_process']:.1f} s; "
+                      f"{export.stdout.strip() or export.stderr.strip()}")
+                patch = smooth_patch(args.patch)
+                results = measure(args.runs, model, patch, work, args, "random")
+                report["random"] = results
+                report["load_average_after_patch"] = os.getloadavg()
+                patch_s = results["nnunet"]["median_s"] if "nnunet" in results else None
+                print(f"\n(a) One [1, 1, {', '.join(map(str, args.patch))}] patch, width {args.width}, random weights "
+                      f"(repeats {args.repeats} after {args.warmup} warm-up, {args.rounds} round(s)):\n")
+                print(format_table(results, "nnunet" if "nnunet" in results else None), flush=True)
+            elif part.startswith("volume") and args.volume:
+                backends = args.volume_backends[:1] if part == "volume-auto" else args.volume_backends[1:]
+                if not backends:
+                    continue
+                model = paper_model(work, args.width, args.patch)
+                volume = work / "volume.nii.gz"
+                if not volume.exists():
+                    write_volume(volume, args.volume_shape, SPACING)
+                runs = case_runs("volume", model, volume, work, backends, ".nii.gz", patch_s)
+                report.setdefault("volume", {}).update(runs)
+                if part == "volume-rest" and args.volume_backends[0] == "auto" and "torch" in report["volume"]:
+                    report["volume"]["auto"]["agreement_with_torch"] = label_agreement(
+                        Path(report["volume"]["auto"]["output"]), Path(report["volume"]["torch"]["output"]))
+                print(f"\n(b) Whole {args.volume_shape} volume at spacing {SPACING}, width {args.width}, random "
+                      f"weights, default tiles, no TTA, fresh `rcsegnext predict` processes (patch-forwards: wall / "
+                      f"(a)'s nnunet s/patch {patch_s if patch_s is None else round(patch_s, 2)}):\n")
+                print(case_table(report["volume"]), flush=True)
+            elif part == "dicom" and args.dicom:
+                model = paper_model(work, args.width, args.patch)
+                runs = case_runs("dicom", model, Path(args.dicom), work, args.dicom_backends, ".seg.nrrd", patch_s)
+                report["dicom"] = {"series": args.dicom, "runs": runs}
+                print(f"\n(d) DICOM series {args.dicom} to .seg.nrrd, width {args.width}, random weights, fresh "
+                      f"`rcsegnext predict` processes:\n")
+                print(case_table(runs), flush=True)
+            elif part == "trained" and args.trained:
+                tiles = trained_tiles(Path(args.trained), args.images)
+                trained_args = argparse.Namespace(**{**vars(args), "repeats": args.trained_repeats, "warmup": 0,
+                                                     "rounds": 1})
+                runs = [r for r in TRAINED_RUNS if r in args.runs or r == "torch"]
+                trained = measure(runs, Path(args.trained), tiles, work, trained_args, "trained")
+                report["trained"] = {"model": str(args.trained), "images": args.images, "tiles": int(len(tiles)),
+                                     "tile_shape": list(tiles.shape[1:]), "runs": trained}
+                print(f"\n(c) Trained model {args.trained}: {len(tiles)} tiles {list(tiles.shape[1:])} of "
+                      f"{len(args.images)} held-out image(s), agreement with torch over all of them:\n")
+                print(format_table(trained, None))
+                end_to_end = trained_predictions(Path(args.trained), args.images, args.trained_backends, work)
+                report["trained"]["end_to_end"] = end_to_end
+                print(f"\n(c') The same {len(args.images)} held-out image(s) end to end, fresh `rcsegnext predict "
+                      f"--save-probabilities` per backend (a folder of cases), against --backend torch:\n")
+                print(trained_prediction_table(end_to_end), flush=True)
+            save()
     report["load_average_end"] = os.getloadavg()
     print(f"\nload average at the end {' '.join(f'{v:.1f}' for v in report['load_average_end'])}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
+    save()
     return 0
 
 
