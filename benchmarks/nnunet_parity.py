@@ -6,6 +6,7 @@ with every part's headline numbers (docs/nnunet_parity.md).
     python benchmarks/nnunet_parity.py --parts sampler    # some of them
     python benchmarks/nnunet_parity.py --train            # also nnU-Net's trainer vs ours (~25 min on 2 CPU cores)
     python benchmarks/nnunet_parity.py --env /path/venv   # an existing reference environment
+    python benchmarks/nnunet_parity.py --parts inference --model MODEL_DIR   # inference with given weights
 
 A new part: one `Part` in PARTS (its module runs inside the environment as `python -m MODULE ARGS --json FILE`;
 `summarize` turns that JSON into the keys of the final line).
@@ -45,6 +46,28 @@ PARTS: Dict[str, Part] = {
     "sampler": Part(
         "benchmarks.parity.sampler", lambda a: [],
         lambda r: {"sampler_rule_mismatches": r["sampler_rule_mismatches"]}),
+    "preprocessing": Part(
+        "benchmarks.parity.preprocessing", lambda a: ["--cases", str(a.preprocess_cases)],
+        lambda r: {k: r[k] for k in ("preprocess_shape_mismatches", "preprocess_spacing_mismatches",
+                                     "preprocess_fingerprint_mismatches", "preprocess_image_max_abs_diff",
+                                     "preprocess_label_agreement_min", "preprocess_label_voxels_differing",
+                                     "preprocess_thick_last_vs_aniso_max_abs_diff")}),
+    "inference": Part(
+        "benchmarks.parity.inference",
+        lambda a: ["--cases", str(a.inference_cases)] + (["--model", str(a.model.resolve())] if a.model else []),
+        lambda r: {"inference_label_agreement": r["nnunet_tiles_tta_vs_nnunet"]["dice"],
+                   "inference_label_agreement_case_min": r["nnunet_tiles_tta_vs_nnunet"]["dice_case_min"],
+                   "inference_label_agreement_by_set": r["nnunet_tiles_tta_vs_nnunet"]["by_set"],
+                   "inference_voxels_differing": r["nnunet_tiles_tta_vs_nnunet"]["voxels_differing"],
+                   "inference_geometry_mismatches": r["nnunet_tiles_tta_vs_nnunet"]["geometry_mismatches"],
+                   # nnU-Net's sums in float32 and its export's spacing transposed (as later releases)
+                   "inference_label_agreement_nnunet_f32": r["nnunet_tiles_tta_vs_nnunet_f32"]["dice"],
+                   "inference_voxels_differing_nnunet_f32": r["nnunet_tiles_tta_vs_nnunet_f32"]["voxels_differing"],
+                   "inference_label_agreement_default_tiles": r["default_tiles_tta_vs_nnunet"]["dice"],
+                   "inference_label_agreement_default_tiles_nnunet_f32": r["default_tiles_tta_vs_nnunet_f32"]["dice"],
+                   "inference_label_agreement_defaults_no_tta": r["default_vs_nnunet"]["dice"],
+                   "inference_thick_last_vs_aniso_voxels_differing": {k: v["voxels_differing"]
+                                                                      for k, v in r["cross_set"].items()}}),
     # only with --train (about 25 minutes on 2 shared CPU cores): both trainers, the held-out Dice tables per seed
     "training": Part(
         "benchmarks.parity.training",
@@ -70,6 +93,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=2025)
     parser.add_argument("--sensitivity", action="store_true",
                         help="augmentation: also test RCSegNeXt 0.1's variants (they should fail)")
+    parser.add_argument("--preprocess-cases", type=int, default=8, help="preprocessing: cases per phantom set")
+    parser.add_argument("--inference-cases", type=int, default=3, help="inference: cases predicted per phantom set")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="inference: an existing model folder (default: train a small one, ~3 min)")
     parser.add_argument("--json", type=Path, default=None, help="also write every part's full result here")
     args = parser.parse_args(argv)
     if args.train and "training" not in args.parts:
