@@ -179,8 +179,13 @@ def restore_to_original(values, properties: Dict[str, Any], logits: bool = False
                          f"preprocessed to {expected}")
     r = resampling_settings(properties.get("resampling"))
     values = _as_numpy(values)
+    # the thick axis as nnU-Net's export picks it: from the network grid's spacing first, then the original's
+    # (they differ for an input whose thick axis is not the plan's); 0.1 plans ("probabilities") kept the reverse
+    spacings = [properties["target_spacing"], properties["spacing"]]
+    if r["restore"] != "logits":
+        spacings.reverse()
     restored = resample_probabilities(values.astype(np.float64) if logits else values, shape_after_crop,
-                                      properties["spacing"], properties["target_spacing"], int(r["restore_order"]),
+                                      *spacings, int(r["restore_order"]),
                                       int(r["restore_order_thick_axis"]), float(r["anisotropy_threshold"]))
     if logits:
         restored = softmax(restored.astype(np.float32))
