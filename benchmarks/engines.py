@@ -287,7 +287,8 @@ def write_volume(path: Path, shape, spacing) -> Path:
     return path
 
 
-def case_runs(name: str, model: Path, source: Path, work: Path, backends, suffix: str, patch_s) -> Dict[str, Dict]:
+def case_runs(name: str, model: Path, source: Path, work: Path, backends, suffix: str, patch_s,
+              patch_cpu_s=None) -> Dict[str, Dict]:
     results = {}
     for backend in backends:
         output = work / f"{name}_{backend}{suffix}"
@@ -299,6 +300,9 @@ def case_runs(name: str, model: Path, source: Path, work: Path, backends, suffix
         results[backend]["output"] = str(output)
         if patch_s:
             results[backend]["nnunet_patch_forwards"] = results[backend]["wall_s"] / patch_s
+        if patch_cpu_s and "user_s" in results[backend]:
+            results[backend]["nnunet_patch_forwards_cpu"] = (results[backend]["user_s"] + results[backend]["system_s"]) \
+                / patch_cpu_s
         print(f"    {format_case(backend, results[backend])}", file=sys.stderr, flush=True)
     if "torch" in results and "auto" in results and suffix != ".seg.nrrd":
         results["auto"]["agreement_with_torch"] = label_agreement(Path(results["auto"]["output"]),
@@ -308,15 +312,17 @@ def case_runs(name: str, model: Path, source: Path, work: Path, backends, suffix
 
 def format_case(backend: str, r: Dict) -> str:
     forwards = f"{r['nnunet_patch_forwards']:.2f}" if "nnunet_patch_forwards" in r else "-"
-    return (f"| {backend} | {r['wall_s']:.1f} | {forwards} | {r.get('user_s', float('nan')):.1f} | "
+    forwards_cpu = f"{r['nnunet_patch_forwards_cpu']:.2f}" if "nnunet_patch_forwards_cpu" in r else "-"
+    return (f"| {backend} | {r['wall_s']:.1f} | {forwards} | {forwards_cpu} | {r.get('user_s', float('nan')):.1f} | "
             f"{r.get('system_s', float('nan')):.1f} | {r.get('peak_mb', float('nan')):.0f} | "
             f"{r.get('minor_faults', float('nan')) / 1e6:.2f} | {r['load_1min_before']:.1f} | {r['engine_line']} |")
 
 
 def case_table(results: Dict[str, Dict]) -> str:
-    lines = ["| backend | wall s (process start to file written) | nnU-Net patch-forwards | user s | sys s | "
+    lines = ["| backend | wall s (process start to file written) | nnU-Net patch-forwards (wall) | "
+             "nnU-Net patch-forwards (CPU: user + sys over nnunet's CPU s / patch) | user s | sys s | "
              "peak MB (ru_maxrss) | minor faults (M) | load (1 min) before | engine (predict's stderr) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     lines += [format_case(backend, r) for backend, r in results.items()]
     agree = results.get("auto", {}).get("agreement_with_torch")
     if agree:
@@ -503,7 +509,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        patch_s = None
+        patch_s = patch_cpu_s = None
         for part in args.order:
             if part == "patch" and not args.skip_patch:
                 plans = make_plans_from_values(SPACING, args.patch, base_channels=args.width)
@@ -519,6 +525,7 @@ def main(argv=None) -> int:
                 report["random"] = results
                 report["load_average_after_patch"] = os.getloadavg()
                 patch_s = results["nnunet"]["median_s"] if "nnunet" in results else None
+                patch_cpu_s = results["nnunet"]["median_cpu_s"] if "nnunet" in results else None
                 print(f"\n(a) One [1, 1, {', '.join(map(str, args.patch))}] patch, width {args.width}, random weights "
                       f"(repeats {args.repeats} after {args.warmup} warm-up, {args.rounds} round(s)):\n")
                 print(format_table(results, "nnunet" if "nnunet" in results else None), flush=True)
@@ -530,7 +537,7 @@ def main(argv=None) -> int:
                 volume = work / "volume.nii.gz"
                 if not volume.exists():
                     write_volume(volume, args.volume_shape, SPACING)
-                runs = case_runs("volume", model, volume, work, backends, ".nii.gz", patch_s)
+                runs = case_runs("volume", model, volume, work, backends, ".nii.gz", patch_s, patch_cpu_s)
                 report.setdefault("volume", {}).update(runs)
                 if part == "volume-rest" and args.volume_backends[0] == "auto" and "torch" in report["volume"]:
                     report["volume"]["auto"]["agreement_with_torch"] = label_agreement(
@@ -541,7 +548,8 @@ def main(argv=None) -> int:
                 print(case_table(report["volume"]), flush=True)
             elif part == "dicom" and args.dicom:
                 model = paper_model(work, args.width, args.patch)
-                runs = case_runs("dicom", model, Path(args.dicom), work, args.dicom_backends, ".seg.nrrd", patch_s)
+                runs = case_runs("dicom", model, Path(args.dicom), work, args.dicom_backends, ".seg.nrrd", patch_s,
+                                 patch_cpu_s)
                 report["dicom"] = {"series": args.dicom, "runs": runs}
                 print(f"\n(d) DICOM series {args.dicom} to .seg.nrrd, width {args.width}, random weights, fresh "
                       f"`rcsegnext predict` processes:\n")
