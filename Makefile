@@ -37,9 +37,9 @@ endef
 test: install-test
 	$(call timed_pytest,Testing,make test (whole suite))
 
-# every test not marked slow (pyproject.toml): about a minute on 2 CPU cores
+# every test not marked slow (pyproject.toml), on two worker processes (pytest-xdist): about a minute on 2 CPU cores
 test-fast: install-test
-	$(call timed_pytest,Testing -m "not slow",make test-fast)
+	$(call timed_pytest,Testing -m "not slow" -n 2,make test-fast)
 
 clean:
 	rm -rf $(VENV) demo_output
