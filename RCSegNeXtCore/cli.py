@@ -56,6 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     except RCSegNeXtError as exc:
         print(f"rcsegnext {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        if exc.name != "torch":
+            raise
+        # inference runs on an engine without PyTorch; training, exporting and torch-backend runs need it
+        print(f"rcsegnext {args.command}: error: this needs PyTorch, which is not installed: pip install torch "
+              "(in 3D Slicer: the PyTorch Utils module). Segmenting on the CPU does not need it "
+              "(predict --backend auto)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"rcsegnext {args.command}: interrupted", file=sys.stderr)
         return 130

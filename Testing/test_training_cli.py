@@ -87,3 +87,14 @@ def test_train_refuses_oversized_cpu_configuration(phantom, tmp_path, capsys, mo
     err = capsys.readouterr().err
     assert code == 2 and "only 2.0 GiB is free; try --batch-size 1 --patch-size" in err
     assert not (tmp_path / "run" / "preprocessed").exists()       # refused before any slow work
+
+
+def test_training_without_pytorch_says_what_to_install(tmp_path):
+    """Inference runs without PyTorch, training cannot: a clear message and exit 2, not a traceback."""
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from RCSegNeXtCore.cli import main\n"
+            f"sys.exit(main(['train', {str(tmp_path / 'dataset')!r}, '-o', {str(tmp_path / 'run')!r}]))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "rcsegnext train: error: this needs PyTorch" in result.stderr and "pip install torch" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
