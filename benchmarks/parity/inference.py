@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.parity import phantom_sets  # noqa: E402
-from benchmarks.parity.preprocessing import dataset_folder_name, nnunet_folders  # noqa: E402
+from benchmarks.parity.preprocessing import dataset_folder_name, finish, nnunet_folders  # noqa: E402
 
 CONFIGURATION = "3d_fullres"
 SHAPE = (8, 48, 48)           # voxels of a case (z, y, x as the "aniso" set stores it): 2 x 2 tiles in-plane
@@ -367,11 +367,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         with tempfile.TemporaryDirectory(prefix="rcsegnext-parity-inf-") as tmp:
             result = run(args.cases, args.train_cases, args.seed, args.model, args.train_seconds, args.threads,
                          Path(tmp))
-    summary = {k: v for k, v in result.items() if "_vs_" in k or k == "cross_set"}
-    print(json.dumps(summary), file=sys.stderr)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1, default=float))
-    return 0
+    return finish(result, lambda key: "_vs_" in key or key == "cross_set", args.json)
 
 
 if __name__ == "__main__":

@@ -250,10 +250,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="rcsegnext-parity-pre-") as tmp:
         result = run(args.cases, args.seed, args.processes, args.variant_01, Path(tmp))
-    summary = {k: v for k, v in result.items() if k.startswith("preprocess_")}
-    print(json.dumps(summary), file=sys.stderr)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1, default=float))
+    return finish(result, lambda key: key.startswith("preprocess_"), args.json)
+
+
+def finish(result: Dict[str, Any], headline, json_path: Optional[Path]) -> int:
+    """A part's end: the keys `headline(key)` accepts as one JSON line on stderr, the whole result to `json_path`."""
+    print(json.dumps({k: v for k, v in result.items() if headline(k)}), file=sys.stderr)
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=1, default=float))
     return 0
 
 
