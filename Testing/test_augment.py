@@ -226,3 +226,18 @@ def test_label_resampling_is_one_hot_linear_and_invents_no_value():
     assert sample([[2, 1], [1, 0]]) == 1          # linear votes 1: 0.5, 2: 0.25, 0: 0.25 (nearest (1, 1) says 0)
     assert sample([[1, 2], [1, 2]]) == 2          # a tie 1 / 2 goes to the nearest neighbour's label (1, 1)
     assert sample([[2, 1], [2, 1]]) == 1
+
+
+# -- the region cut around a patch: nnU-Net 2.1's initial patch size ------------------------------------------------
+@pytest.mark.parametrize("patch, dummy_2d, expected", [
+    # nnU-Net 2.1.2's get_patch_size(patch, *rotation_for_DA, (0.85, 1.25)) (axis 0 = the patch's in dummy 2D)
+    ([16, 64, 64], True, [16, 75, 75]), ([16, 64, 96], True, [16, 112, 112]),
+    ([32, 32, 32], False, [51, 51, 51]), ([24, 40, 56], False, [47, 73, 71])])
+def test_context_is_nnunets_initial_patch_size(patch, dummy_2d, expected):
+    from RCSegNeXtCore.training.augment import AugmentConfig, context_size
+    assert context_size(patch, AugmentConfig(dummy_2d=dummy_2d)) == expected
+    assert context_size(patch, AugmentConfig(dummy_2d=dummy_2d, p_rotation=0.0, p_scale=0.0)) == patch
+    one_and_half = [p if (i == 0 and dummy_2d) else int(np.ceil(1.5 * p)) for i, p in enumerate(patch)]
+    assert context_size(patch, AugmentConfig(dummy_2d=dummy_2d), "1.5x") == one_and_half   # RCSegNeXt 0.1
+    with pytest.raises(ValueError, match="sampler_context"):
+        context_size(patch, AugmentConfig(dummy_2d=dummy_2d), "2x")

@@ -34,9 +34,11 @@ def test_default_windows_stay_inside_and_centre_the_voxel():
     assert (labels[forced][:, 2, 8, 8] == 2).all()
 
 
-def test_margin_lets_windows_reach_past_the_border():
-    m = 4
-    sampler = PatchSampler([_coded_case()], [4, 24, 24], oversample_foreground=0.0, seed=1, margin=[0, m, m])
+@pytest.mark.parametrize("placement", ["nnunet", "inside"])
+def test_margin_lets_windows_reach_past_the_border(placement):
+    m = 4                                                   # need_to_pad 2m: half of it on each side
+    sampler = PatchSampler([_coded_case()], [4, 24, 24], oversample_foreground=0.0, seed=1, margin=[0, 2 * m, 2 * m],
+                           placement=placement)
     starts = np.array([_starts(i) for i in sampler.batch(600)[0]])
     # uniform over [-m, 40 - 24 + m]: both ends are drawn, nothing beyond
     assert starts[:, 1].min() == -m and starts[:, 1].max() == 40 - 24 + m
@@ -44,9 +46,33 @@ def test_margin_lets_windows_reach_past_the_border():
     assert (starts[:, 0] == 0).all()
 
 
+def test_an_odd_need_to_pad_gives_its_extra_voxel_to_the_upper_side_as_nnunet():
+    sampler = PatchSampler([_coded_case()], [4, 24, 24], oversample_foreground=0.0, seed=1, margin=[0, 5, 5])
+    starts = np.array([_starts(i) for i in sampler.batch(600)[0]])
+    assert starts[:, 1].min() == -2 and starts[:, 1].max() == 40 + 2 + 1 - 24   # get_bbox's lbs / ubs
+
+
+@pytest.mark.parametrize("placement, start", [("nnunet", 38 - 8), ("inside", 40 - 16)])
+def test_a_forced_window_near_the_upper_edge_runs_past_it_only_as_nnunet(placement, start):
+    case = _coded_case()
+    case.label[:] = 0
+    case.label[2, 20, 38] = 1                               # foreground 2 voxels from the upper x edge
+    case.class_locations = class_locations_from(None, case.label)
+    sampler = PatchSampler([case], [4, 16, 16], oversample_foreground=1.0, seed=0, placement=placement)
+    images, labels, forced = sampler.batch(4)
+    assert forced.all() and {_starts(i)[2] for i in images} == {start}
+    if placement == "nnunet":                               # centred on the voxel, zero-padded past the case
+        assert (labels[:, 2, 8, 8] == 1).all() and (images[:, 0, :, :, 16 - 6:] == 0).all()
+
+
+def test_an_unknown_placement_is_refused():
+    with pytest.raises(ValueError, match="sampler_placement"):
+        PatchSampler([_coded_case()], [4, 16, 16], placement="centre")
+
+
 def test_jitter_keeps_the_voxel_in_the_final_patch_at_varying_positions():
     m, p = 4, 24                                            # final patch = 24 - 2 * 4 = 16
-    sampler = PatchSampler([_coded_case()], [4, p, p], oversample_foreground=1.0, seed=2, margin=[0, m, m],
+    sampler = PatchSampler([_coded_case()], [4, p, p], oversample_foreground=1.0, seed=2, margin=[0, 2 * m, 2 * m],
                            jitter_foreground=True)
     images, labels, forced = sampler.batch(500)
     assert forced.all()

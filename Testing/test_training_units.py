@@ -120,7 +120,12 @@ def test_sampler_pads_small_cases_and_is_seeded():
     a = PatchSampler([case], [4, 16, 16], seed=1).batch(4)
     b = PatchSampler([case], [4, 16, 16], seed=1).batch(4)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert a[1].shape == (4, 4, 16, 16) and a[1].sum() == 4 * 2 * 10 * 10   # the case once, zeros around
+    images, labels, forced = a
+    assert labels.shape == (4, 4, 16, 16) and forced.tolist() == [False, False, False, True]
+    assert (labels[~forced].sum(axis=(1, 2, 3)) == 2 * 10 * 10).all()      # random windows: the case once, zeros around
+    assert (labels[forced][:, 2, 8, 8] == 1).all()                          # forced: the voxel at the centre (nnU-Net)
+    inside = PatchSampler([case], [4, 16, 16], seed=1, placement="inside").batch(4)
+    assert inside[1].sum() == 4 * 2 * 10 * 10                               # 0.1: every window holds the whole case
 
 
 # -- augmentation ---------------------------------------------------------------------------------------------
@@ -184,7 +189,8 @@ def test_intensity_augmentations_change_image_not_shape():
     out, lab = aug(x, label)
     assert out.shape == (3, 1, 8, 16, 16) and lab.shape == (3, 8, 16, 16)
     assert torch.isfinite(out).all() and not torch.allclose(out, x[..., 4:20, 4:20])
-    assert context_size([16, 320, 320], AugmentConfig()) == [16, 480, 480]
+    assert context_size([16, 320, 320], AugmentConfig()) == [16, 376, 376]          # nnU-Net: 320 / 0.85
+    assert context_size([16, 320, 320], AugmentConfig(), "1.5x") == [16, 480, 480]   # RCSegNeXt 0.1
 
 
 # -- memory ---------------------------------------------------------------------------------------------------

@@ -52,6 +52,10 @@ class TrainingConfig:
     oversample_rule: str = "batch_position"     # nnU-Net: the last B - round(0.67 B) of each (global) batch forced;
                                                 # "random": each patch with that probability (RCSegNeXt 0.1)
     jitter_foreground: bool = False             # forced-foreground voxel anywhere in the patch (the demo), not centred
+    sampler_context: str = "nnunet"             # region cut around a patch: nnU-Net 2.1's initial patch size (patch
+                                                # rotated, / 0.85) | "1.5x": x1.5 in-plane (RCSegNeXt 0.1)
+    sampler_placement: str = "nnunet"           # forced windows bounded below only (may run past the upper edge, zero-
+                                                # padded) as nnU-Net's get_bbox | "inside": kept inside (0.1)
     deep_supervision: bool = False              # heads on the coarser decoder stages (off in the paper)
     batch_dice: Optional[bool] = None           # Dice over the whole batch; None: nnU-Net 2.1's rule (True only when
                                                 # a 3d_lowres would be planned: patch < 1/4 of the median image;

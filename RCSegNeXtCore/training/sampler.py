@@ -6,7 +6,11 @@ default): sample i of a batch of B is forced iff not i < round(B (1 - oversample
 B - round(0.67 B) with 0.33 (1 of 2 at B = 2, 1 of 4 at B = 4); under DDP the rule is applied to the global batch
 and each rank forces the positions of its slice of it (`global_batch`, `batch_offset`). "random" (RCSegNeXt 0.1):
 each patch forced with probability `oversample_foreground`. Cases smaller than the patch are padded
-with zeros (labels: background); `margin` lets windows leave the case (nnU-Net's need_to_pad). With
+with zeros (labels: background). Where a window may lie (`placement`): "nnunet" (nnU-Net 2.1's get_bbox, the
+default): with `margin` = need_to_pad (region minus final patch, grown to cover a case smaller than the region), a
+random window starts in [-margin // 2, shape + margin // 2 + margin % 2 - region], a forced one at the chosen voxel
+minus half the region, bounded below only (near the upper edge it runs past the case, zero-padded); "inside"
+(RCSegNeXt 0.1): both within [-margin // 2, shape - region + margin // 2], a smaller case centred. With
 `jitter_foreground` the chosen voxel lands anywhere in the patch instead of at its centre: in short runs (the demo)
 centred patches teach the network "foreground is at the patch centre".
 Draws come from one numpy Generator whose state is checkpointed.
@@ -19,6 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 OVERSAMPLE_RULES = ("batch_position", "random")
+PLACEMENTS = ("nnunet", "inside")
 
 
 def forced_positions(batch: int, oversample: float, global_batch: Optional[int] = None,
@@ -84,20 +89,24 @@ class PatchSampler:
 
     def __init__(self, cases: Sequence[TrainingCase], size: Sequence[int], oversample_foreground: float = 0.33,
                  seed: int = 0, jitter_foreground: bool = False, margin: Optional[Sequence[int]] = None,
-                 oversample_rule: str = "batch_position", global_batch: Optional[int] = None, batch_offset: int = 0):
+                 oversample_rule: str = "batch_position", global_batch: Optional[int] = None, batch_offset: int = 0,
+                 placement: str = "nnunet"):
         if not cases:
             raise ValueError("no training cases to sample from")
         if oversample_rule not in OVERSAMPLE_RULES:
             raise ValueError(f"oversample_rule must be one of {', '.join(map(repr, OVERSAMPLE_RULES))}, "
                              f"not {oversample_rule!r}")
+        if placement not in PLACEMENTS:
+            raise ValueError(f"sampler_placement must be one of {', '.join(map(repr, PLACEMENTS))}, not {placement!r}")
+        self.placement = placement
         self.cases, self.size = list(cases), [int(s) for s in size]
         self.oversample = oversample_foreground
         self.oversample_rule = oversample_rule
         self.global_batch, self.batch_offset = global_batch, batch_offset
         self.jitter = jitter_foreground
-        # margin: how far a window may extend past each side of the case; nnU-Net lets the sampled (context)
-        # window leave the case by half the context-minus-final-patch difference, so that the final patch,
-        # cropped from the window's centre after the spatial augmentation, reaches the case's borders
+        # margin: nnU-Net's need_to_pad, the sampled (context) region minus the final patch: a window may leave the
+        # case by half of it on each side, so that the final patch, cropped from the window's centre after the
+        # spatial augmentation, reaches the case's borders
         self.margin = [0] * len(self.size) if margin is None else [max(0, int(m)) for m in margin]
         self.rng = np.random.default_rng(seed)
 
@@ -122,25 +131,36 @@ class PatchSampler:
             cls = classes[int(self.rng.integers(len(classes)))]
             coords = case.class_locations[cls]
             centre = [int(v) for v in coords[int(self.rng.integers(len(coords)))]]
-        starts = []
-        for axis, (s, p, m) in enumerate(zip(shape, self.size, self.margin)):
-            lo, hi = -m, s - p + m          # the window may leave the case by the margin (zero padding)
-            small = hi < lo                 # case smaller than the final patch: padded
-            lo, hi = min(lo, hi), max(lo, hi)
-            if small and centre is None:
-                start = (s - p) // 2
-            elif centre is not None and self.jitter:
-                # the voxel anywhere in the final (margin-cropped) patch, uniformly
-                a, b = max(centre[axis] - p + m + 1, lo), min(centre[axis] - m, hi)
-                start = int(self.rng.integers(a, b + 1)) if a <= b else min(max(centre[axis] - p // 2, lo), hi)
-            elif centre is not None:
-                start = min(max(centre[axis] - p // 2, lo), hi)
-            else:
-                start = int(self.rng.integers(lo, hi + 1))
-            starts.append(start)
+        starts = [self._start(axis, s, p, need, centre)
+                  for axis, (s, p, need) in enumerate(zip(shape, self.size, self.margin))]
         image = _crop(case.data, starts, self.size, leading=1)
         label = _crop(case.label, starts, self.size, leading=0)
         return image.astype(np.float32, copy=False), label.astype(np.int16, copy=False), centre is not None
+
+    def _start(self, axis: int, s: int, p: int, need: int, centre: Optional[List[int]]) -> int:
+        """Where the window of size p starts on an axis of length s (module docstring: `placement`)."""
+        if self.placement == "nnunet":
+            need = max(need, p - s)          # a case smaller than the region: padded on both sides
+            lo, hi = -(need // 2), s + need // 2 + need % 2 - p
+            if centre is not None and self.jitter:
+                a, b = max(centre[axis] - p + need // 2 + 1, lo), min(centre[axis] - need // 2, hi)
+                return int(self.rng.integers(a, b + 1)) if a <= b else max(centre[axis] - p // 2, lo)
+            if centre is not None:
+                return max(lo, centre[axis] - p // 2)
+            return int(self.rng.integers(lo, hi + 1))
+        m = need // 2
+        lo, hi = -m, s - p + m              # the window may leave the case by the margin (zero padding)
+        small = hi < lo                     # case smaller than the final patch: padded
+        lo, hi = min(lo, hi), max(lo, hi)
+        if small and centre is None:
+            return (s - p) // 2
+        if centre is not None and self.jitter:
+            # the voxel anywhere in the final (margin-cropped) patch, uniformly
+            a, b = max(centre[axis] - p + m + 1, lo), min(centre[axis] - m, hi)
+            return int(self.rng.integers(a, b + 1)) if a <= b else min(max(centre[axis] - p // 2, lo), hi)
+        if centre is not None:
+            return min(max(centre[axis] - p // 2, lo), hi)
+        return int(self.rng.integers(lo, hi + 1))
 
 
 def _crop(array: np.ndarray, starts: Sequence[int], size: Sequence[int], leading: int) -> np.ndarray:

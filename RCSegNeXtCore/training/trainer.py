@@ -120,11 +120,11 @@ class Trainer:
             self.aug_config = AugmentConfig(**{**asdict(self.aug_config), **{
                 k: 0.0 for k in asdict(self.aug_config) if k.startswith("p_")}})
         rank_seed = config.seed * 1000 + self.dist.rank                      # each rank its own patches
-        context = context_size(self.patch, self.aug_config)
+        context = context_size(self.patch, self.aug_config, config.sampler_context)
         self.sampler = PatchSampler(train_cases, context, config.oversample_foreground, seed=rank_seed,
                                     jitter_foreground=config.jitter_foreground,
-                                    margin=[(c - p) // 2 for c, p in zip(context, self.patch)],
-                                    **self._oversampling())
+                                    margin=[c - p for c, p in zip(context, self.patch)],
+                                    placement=config.sampler_placement, **self._oversampling())
         gen_device = self.device if self.device.type == "cuda" else torch.device("cpu")
         generator = torch.Generator(device=gen_device)
         generator.manual_seed(rank_seed + 17)

@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass, field
 from typing import List, Sequence, Tuple
 
+import numpy as np
+
 ANISO_THRESHOLD = 3.0   # nnU-Net's: dummy 2D when max(patch) / patch[0] > 3
 
 SPATIAL_SCALING = ("in_plane_two_sided", "all_axes_uniform")
@@ -80,8 +82,43 @@ class AugmentConfig:
         check_choice("aug_interpolation", self.interpolation, INTERPOLATION)
 
 
-def context_size(patch_size: Sequence[int], config: AugmentConfig) -> List[int]:
-    """Size of the region the sampler cuts so rotation and scaling rarely reach past it (in-plane x1.5 in dummy 2D,
-    every axis otherwise)."""
-    factor = 1.5 if (config.p_rotation > 0 or config.p_scale > 0) else 1.0
-    return [p if (i == 0 and config.dummy_2d) else int(math.ceil(p * factor)) for i, p in enumerate(patch_size)]
+CONTEXT_RULES = ("nnunet", "1.5x")
+NNUNET_CONTEXT_MIN_SCALE = 0.85   # nnU-Net 2.1 sizes the region with a fixed scale range (0.85, 1.25), not the drawn one
+
+
+def _rotation_3d(axis: int, angle: float) -> np.ndarray:
+    """batchgenerators' rotation matrix about axis 0, 1 or 2 (create_matrix_rotation_{x,y,z}_3d)."""
+    c, s = math.cos(angle), math.sin(angle)
+    if axis == 0:
+        return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    if axis == 1:
+        return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+
+
+def context_size(patch_size: Sequence[int], config: AugmentConfig, rule: str = "nnunet") -> List[int]:
+    """Size of the region the sampler cuts around a training patch for the spatial transform to draw from.
+
+    "nnunet" (nnU-Net 2.1's initial patch size, get_patch_size): the patch's extent vector rotated by each axis's
+    largest angle (at most 90 degrees; about axis 0 only in dummy 2D), the largest absolute extent per axis, divided
+    by 0.85 and truncated; axis 0 keeps the patch in dummy 2D. For a [16, 64, 64] dummy-2D patch: [16, 75, 75], so
+    rotated or shrunk patches get empty corners as in the official pipeline. "1.5x" (RCSegNeXt 0.1): x1.5 in-plane
+    in dummy 2D, every axis otherwise. Without spatial augmentation the region is the patch."""
+    check_choice("sampler_context", rule, CONTEXT_RULES)
+    patch = [int(p) for p in patch_size]
+    if not (config.p_rotation > 0 or config.p_scale > 0):
+        return patch
+    if rule == "1.5x":
+        return [p if (i == 0 and config.dummy_2d) else int(math.ceil(p * 1.5)) for i, p in enumerate(patch)]
+    if config.dummy_2d:
+        angles = [min(math.pi / 2, math.radians(config.rotation_degrees)), 0.0, 0.0]
+    else:
+        angles = [min(math.pi / 2, math.radians(config.rotation_degrees_3d))] * 3
+    extent = np.array(patch, dtype=float)
+    largest = extent.copy()
+    for axis, angle in enumerate(angles):
+        largest = np.maximum(largest, np.abs(extent @ _rotation_3d(axis, angle)))   # row vector, as batchgenerators
+    out = [int(v) for v in largest / NNUNET_CONTEXT_MIN_SCALE]
+    if config.dummy_2d:
+        out[0] = patch[0]
+    return out
