@@ -107,19 +107,30 @@ class Augmenter:
         x[dev_idx] = I.add_noise(x[dev_idx], sd[idx], noise)
         return x
 
-    def blur(self, x: torch.Tensor) -> torch.Tensor:
-        c, (b, ch) = self.config, x.shape[:2]
-        if c.intensity == "0.1":
-            fire, sigmas = self._chance(b, c.p_blur).cpu(), self._uniform(b, *c.blur_sigma).cpu()
-            if not fire.any():
-                return x
-            return torch.stack([I.blur_01(x[i], float(sigmas[i]), c.dummy_2d) if fire[i] else x[i]
-                                for i in range(b)])
-        fire = self._chance(b, c.p_blur)
-        per_channel = self._chance((b, ch), c.p_blur_per_channel)
-        sigmas = self._uniform((b, ch), *c.blur_sigma)
+    def _sample_by_sample(self, x: torch.Tensor, p: float, value_range, apply) -> torch.Tensor:
+        """RCSegNeXt 0.1's draw: per sample, fire with p and `apply(sample, value)`."""
+        b = x.shape[0]
+        fire, values = self._chance(b, p).cpu(), self._uniform(b, *value_range).cpu()
+        if not fire.any():
+            return x
+        return torch.stack([apply(x[i], float(values[i])) if fire[i] else x[i] for i in range(b)])
+
+    def _per_channel(self, x: torch.Tensor, p: float, p_channel: float, value_range):
+        """batchgenerators v1's draw: a sample fires with p, then each of its channels with p_channel; the firing
+        (samples, channels) index pairs and one value each."""
+        b, ch = x.shape[:2]
+        fire = self._chance(b, p)
+        per_channel = self._chance((b, ch), p_channel)
+        values = self._uniform((b, ch), *value_range)
         samples, channels = torch.nonzero((fire[:, None] & per_channel).cpu(), as_tuple=True)
-        return I.blur(x, samples.to(x.device), channels.to(x.device), sigmas.cpu()[samples, channels].tolist())
+        return samples, channels, values.cpu()[samples, channels].tolist()
+
+    def blur(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        if c.intensity == "0.1":
+            return self._sample_by_sample(x, c.p_blur, c.blur_sigma, lambda xi, v: I.blur_01(xi, v, c.dummy_2d))
+        samples, channels, sigmas = self._per_channel(x, c.p_blur, c.p_blur_per_channel, c.blur_sigma)
+        return I.blur(x, samples.to(x.device), channels.to(x.device), sigmas)
 
     def brightness(self, x: torch.Tensor) -> torch.Tensor:
         c, (b, ch) = self.config, x.shape[:2]
@@ -136,18 +147,12 @@ class Augmenter:
         return I.contrast(x, factors, fire)
 
     def low_res(self, x: torch.Tensor) -> torch.Tensor:
-        c, (b, ch) = self.config, x.shape[:2]
+        c = self.config
         if c.intensity == "0.1":
-            fire, zooms = self._chance(b, c.p_low_res).cpu(), self._uniform(b, *c.low_res_zoom).cpu()
-            if not fire.any():
-                return x
-            return torch.stack([I.low_res_01(x[i], float(zooms[i]), c.dummy_2d) if fire[i] else x[i]
-                                for i in range(b)])
-        fire = self._chance(b, c.p_low_res)
-        per_channel = self._chance((b, ch), c.p_low_res_per_channel)
-        zooms = self._uniform((b, ch), *c.low_res_zoom)
-        samples, channels = torch.nonzero((fire[:, None] & per_channel).cpu(), as_tuple=True)
-        return I.low_res(x, samples, channels, zooms.cpu()[samples, channels].tolist(), ignore_axis0=c.dummy_2d)
+            return self._sample_by_sample(x, c.p_low_res, c.low_res_zoom,
+                                          lambda xi, v: I.low_res_01(xi, v, c.dummy_2d))
+        samples, channels, zooms = self._per_channel(x, c.p_low_res, c.p_low_res_per_channel, c.low_res_zoom)
+        return I.low_res(x, samples, channels, zooms, ignore_axis0=c.dummy_2d)
 
     def gamma(self, x: torch.Tensor, invert: bool) -> torch.Tensor:
         c, (b, ch) = self.config, x.shape[:2]
