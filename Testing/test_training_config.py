@@ -23,13 +23,15 @@ EVERY_OPTION = ["DATA", "-o", "RUN", "--folds", "1", "all", "--num-folds", "3", 
                 "32", "32", "--lr", "0.02", "--seed", "3", "--deterministic", "--no-augmentation", "--no-amp",
                 "--base-channels", "8", "--scale", "2", "--expansion", "3", "--aniso-block", "conv", "--iso-block",
                 "res2net", "--deep-supervision", "--device", "cpu", "--gpus", "2", "--num-workers", "3",
-                "--threads", "2", "--resume", "--no-validation", "--skip-memory-check"]
+                "--threads", "2", "--resume", "--no-validation", "--skip-memory-check", "--init-from", "PARENT",
+                "--init-fold", "all", "--progress-json"]
 EXPECTED = TrainingConfig(
     dataset="DATA", output="RUN", folds=[1, "all"], num_folds=3, splits="S.json", plans_file="P.json",
     preprocessed="CACHE", target_spacing=[3.0, 1.0, 1.0], epochs=7, iterations_per_epoch=11, val_iterations=5,
     batch_size=4, patch_size=[8, 32, 32], lr=0.02, seed=3, deterministic=True, augment=False, amp=False,
     base_channels=8, scale=2, expansion=3, aniso_block="conv", iso_block="res2net", deep_supervision=True,
-    device="cpu", gpus=2, num_workers=3, threads=2, resume=True, validate=False, check_memory=False)
+    device="cpu", gpus=2, num_workers=3, threads=2, resume=True, validate=False, check_memory=False,
+    init_from="PARENT", init_fold="all", progress_json=True)
 
 
 def _parser():

@@ -9,6 +9,7 @@ any, and `rcsegnext check` (validation.py) lists them all together with the per-
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -22,6 +23,7 @@ from RCSegNeXtCore.data.io import IMAGE_EXTENSIONS, Image, read_image, split_ext
 from RCSegNeXtCore.data.problems import Problem, case_content_problems, relative_to_root
 from RCSegNeXtCore.errors import DatasetError, ImageReadError
 from RCSegNeXtCore.files import atomic_write_json
+from RCSegNeXtCore.hashing import file_sha256
 from RCSegNeXtCore.plans import DEFAULT_CHANNELS, DEFAULT_LABELS
 
 CHANNEL_STEM = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -300,3 +302,27 @@ def write_dataset_json(folder: str | os.PathLike, labels: Optional[Mapping[str, 
     content = {"channel_names": channel_names, "labels": {str(k): int(v) for k, v in labels.items()},
                "numTraining": int(num_training), "file_ending": file_ending, **extra}
     return atomic_write_json(Path(folder) / "dataset.json", content)
+
+
+def _entry_sha256(path: Path) -> str:
+    """A file's SHA-256; for a DICOM series folder, the SHA-256 over its files' relative names and digests."""
+    if not path.is_dir():
+        return file_sha256(path)
+    lines = [f"{p.relative_to(path).as_posix()} {file_sha256(p)}\n"
+             for p in sorted(path.rglob("*")) if p.is_file() and not p.name.startswith(".")]
+    return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
+
+
+def dataset_sha256(dataset: Dataset, case_ids: Optional[Iterable[str]] = None) -> str:
+    """SHA-256 over the training cases (all, or `case_ids`), sorted by name: each case's name and the SHA-256 of
+    its image files (channel order) and label file. It changes when a case is added, removed, renamed or any of its
+    files changes, and only then (a model's provenance: which data it was trained on)."""
+    chosen = set(case_ids) if case_ids is not None else None
+    digest = hashlib.sha256()
+    for case in sorted(dataset.cases, key=lambda c: c.case_id):
+        if chosen is not None and case.case_id not in chosen:
+            continue
+        files = [_entry_sha256(Path(p)) for p in case.image_paths]
+        label = _entry_sha256(Path(case.label_path)) if case.label_path is not None else "-"
+        digest.update(f"{case.case_id} {' '.join(files)} {label}\n".encode("utf-8"))
+    return digest.hexdigest()

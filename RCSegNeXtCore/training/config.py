@@ -31,6 +31,9 @@ class TrainingConfig:
     splits: Optional[str] = None                # an existing nnU-Net splits_final.json
     plans_file: Optional[str] = None            # plans.json to use instead of planning from the dataset
     preprocessed: Optional[str] = None          # preprocess cache folder (None: RUN/preprocessed)
+    init_from: Optional[str] = None             # fine-tune: model folder whose plan (unchanged) and weights start the
+                                                # run (training/finetune.py); None: from scratch
+    init_fold: Optional[Union[int, str]] = None  # its fold (None: its only fold, else "all" if present, else 0)
     # -- the plan's values, overridden (None: the plan's) ------------------------------------------------------
     target_spacing: Optional[List[float]] = None
     batch_size: Optional[int] = None
@@ -82,6 +85,7 @@ class TrainingConfig:
                                                 # validation); False: RCSegNeXt 0.1
     check_memory: bool = True                   # estimate CPU memory before the slow work
     progress: bool = True                       # progress bars
+    progress_json: bool = False                 # progress as JSON lines on stdout (training/events.py)
     max_seconds: Optional[float] = None         # time budget (the demo): the schedule is fitted to it
 
     def to_dict(self) -> Dict[str, Any]:

@@ -255,6 +255,7 @@ class Trainer:
         self.network.train()
         self._log_start()
         budget = EpochBudget(self.config.epochs, None if self.dist.enabled else self.config.max_seconds)
+        self.budget = budget                                   # the epoch hook reads the fitted number of epochs
         last = self.start_epoch - 1                            # (ranks could disagree on timing: no budget)
         for epoch in range(self.start_epoch, self.config.epochs):
             if epoch >= budget.epochs:                         # shortened to fit the time budget
