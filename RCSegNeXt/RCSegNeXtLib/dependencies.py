@@ -174,6 +174,20 @@ print(json.dumps(info), flush=True)
 """
 
 
+def probe_cuda(python: Optional[str] = None, timeout: float = 60.0) -> Optional[bool]:
+    """Whether the child process's torch sees a CUDA GPU (blocking, for scripts; the panel uses DeviceProbe from its
+    timer). None when torch is missing or the probe failed or timed out."""
+    import time
+    probe = DeviceProbe(python).start()
+    deadline = time.monotonic() + timeout
+    while not probe.poll():
+        if time.monotonic() > deadline:
+            probe.cancel()
+            return None
+        time.sleep(0.05)
+    return bool(probe.info["cuda"]) if probe.info and probe.info.get("torch") else None
+
+
 def describe_device(info: Optional[Dict], choice: str = "auto") -> str:
     """The panel's device line for a probe result (None: torch not installed yet) and the device choice."""
     if not info or not info.get("torch"):

@@ -10,6 +10,9 @@ runs (a GPU, or `backend="torch"`): on the CPU an inference engine runs the mode
     logic.lastWarnings                                       # why the input may be far from the training data
     logic.computeDice(referenceSegmentationNode, seg)        # {"Rectum": 0.91, "Tumor": 0.78}
     logic.saveAsTrainingCase(volumeNode, seg, "/data/Dataset001_Rectal")
+    logic.datasetSummary("/data/Dataset001_Rectal").text                 # '12 training cases; check: no problems'
+    run = logic.fineTune("/data/Dataset001_Rectal", "/models/rectal-v1", modelsRoot)   # a training subprocess
+    run.wait(timeout=None).model                                           # installed, with its provenance
 
 A segmentation is only ever paired with the volume it belongs to (`ownership`): writing a prediction into, saving a
 training case from or scoring Dice on another volume's segmentation raises `SegmentationMismatchError` and writes
@@ -23,6 +26,7 @@ import os
 import re
 import warnings
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -61,12 +65,39 @@ def segment_styles_for(labels: Dict[str, int]):
     return segment_styles(labels)
 
 
+@dataclass
+class DatasetSummary:
+    """What the panel's 'Improve the model' section says about a dataset folder: case count and check result."""
+
+    folder: str
+    cases: int
+    problems: List[str] = field(default_factory=list)  # the core check's problems, one line each (what + what to do)
+    checked: bool = False                              # every case read (`full`), not only the layout scanned
+
+    @property
+    def ok(self) -> bool:
+        return self.cases > 0 and not self.problems
+
+    @property
+    def text(self) -> str:
+        if self.cases == 0 and not self.problems:
+            return "No training cases yet: save corrected cases with 'Save as training case'."
+        what = "check" if self.checked else "layout"
+        head = f"{self.cases} training case(s); {what}: "
+        if not self.problems:
+            return head + ("no problems." if self.checked else "no problems (the cases are read when training).")
+        shown = self.problems[:5]
+        more = f"\n... and {len(self.problems) - 5} more" if len(self.problems) > 5 else ""
+        return head + f"{len(self.problems)} problem(s):\n" + "\n".join(shown) + more
+
+
 class RCSegNeXtLogic:
     """MRML <-> core for 'Segment rectal cancer'. No Qt: every method works headless (slicer-core) too."""
 
     def __init__(self):
         self.lastWarnings: List[str] = []  # input warnings of the last `segment` / `loadResult`
         self.lastEngine = ""               # what ran the network in the last `segment`
+        self.trainingRun = None            # the TrainingRunController of the last `train` / `fineTune`
 
     # -- segmentation ------------------------------------------------------------------------------------------
     def segment(self, volumeNode, modelDir: str | os.PathLike, device: str = "auto", tta: bool = False,
@@ -247,6 +278,71 @@ class RCSegNeXtLogic:
             if not taken(f"{base}_{n:03d}"):
                 return f"{base}_{n:03d}"
         raise DatasetError(f"{root}: no free case ID for '{base}'")
+
+    # -- improving the model: training runs in a PythonSlicer subprocess ----------------------------------------
+    @staticmethod
+    def datasetSummary(datasetDir: str | os.PathLike, full: bool = True) -> DatasetSummary:
+        """Case count and the core `check` result (every problem, each saying what to do) of a dataset folder.
+        `full=False` only scans the layout (fast, for every keystroke in the folder field); `full` reads every
+        case, as `rcsegnext check` does."""
+        from RCSegNeXtCore.data.dataset import scan_dataset
+        folder = Path(datasetDir) if datasetDir else None
+        if folder is None or not folder.is_dir() or not any(folder.iterdir()):
+            return DatasetSummary(str(datasetDir or ""), 0)
+        if full:
+            from RCSegNeXtCore.data.validation import inspect_dataset
+            report = inspect_dataset(folder)
+            return DatasetSummary(str(folder), report.num_cases, [str(p) for p in report.problems], True)
+        dataset, problems = scan_dataset(folder)
+        return DatasetSummary(str(folder), len(dataset.cases), [str(p) for p in problems], False)
+
+    def train(self, datasetDir: str | os.PathLike, modelsRoot: str | os.PathLike, runsRoot=None,
+              device: str = "auto", epochs: Optional[int] = None, name: Optional[str] = None, wait: bool = False,
+              timeout: Optional[float] = None, extraArgs: Sequence[str] = (), python: Optional[str] = None,
+              onInstalled=None, ask: Optional[Callable[[str], bool]] = None, gpuFound: Optional[bool] = None):
+        """Train a new model from scratch on `datasetDir` in a PythonSlicer subprocess; returns its
+        `TrainingRunController` (poll / wait / cancel / resume). The finished model is installed under `modelsRoot`
+        and passed to `onInstalled` (the panel selects it). `wait`: block until it ends (`timeout` s).
+        `gpuFound`: whether a CUDA GPU is there (None: asked of a short child process); without one the report
+        carries a warning with the estimated CPU time. `extraArgs`: further `train` options."""
+        return self._startTraining(datasetDir, "scratch", None, None, modelsRoot, runsRoot, device, epochs, name,
+                                   wait, timeout, extraArgs, python, onInstalled, ask, gpuFound)
+
+    def fineTune(self, datasetDir: str | os.PathLike, parentModelDir: str | os.PathLike,
+                 modelsRoot: str | os.PathLike, fold=None, runsRoot=None, device: str = "auto",
+                 epochs: Optional[int] = None, name: Optional[str] = None, wait: bool = False,
+                 timeout: Optional[float] = None, extraArgs: Sequence[str] = (), python: Optional[str] = None,
+                 onInstalled=None, ask: Optional[Callable[[str], bool]] = None, gpuFound: Optional[bool] = None):
+        """Fine-tune the model `parentModelDir` (its fold `fold`; default its only fold, else fold_all) on
+        `datasetDir`: its plan is kept, its weights are the start, the schedule is shorter (the core's
+        FINETUNE_EPOCHS). Otherwise as `train`; the installed model records its parent."""
+        return self._startTraining(datasetDir, "finetune", parentModelDir, fold, modelsRoot, runsRoot, device,
+                                   epochs, name, wait, timeout, extraArgs, python, onInstalled, ask, gpuFound)
+
+    def _startTraining(self, datasetDir, mode, parentModelDir, fold, modelsRoot, runsRoot, device, epochs, name,
+                       wait, timeout, extraArgs, python, onInstalled, ask, gpuFound):
+        from RCSegNeXtLib import dependencies
+        from RCSegNeXtLib.training_run import TrainingRunController, training_time_warning
+        if self.trainingRun is not None and self.trainingRun.running:
+            raise RCSegNeXtError("a training run is already running; cancel it first")
+        summary = self.datasetSummary(datasetDir, full=False)
+        if summary.cases == 0:
+            raise DatasetError(f"{datasetDir}: no training cases; save corrected cases with 'Save as training "
+                               "case' first")
+        dependencies.ensure_torch(ask)  # training needs PyTorch (PyTorchUtils inside Slicer)
+        if gpuFound is None and not str(device).startswith("cuda"):
+            gpuFound = dependencies.probe_cuda(python)
+        warning = training_time_warning(summary.cases, device, bool(gpuFound), mode, parentModelDir, epochs,
+                                        extraArgs)
+        run = TrainingRunController(modelsRoot, runsRoot, python=python, on_installed=onInstalled)
+        run.start(datasetDir, mode, parentModelDir, fold, device, epochs, name, extraArgs,
+                  warnings=[warning] if warning else [])
+        for message in run.report.warnings:
+            logging.warning("RCSegNeXt: %s", message)
+        self.trainingRun = run
+        if wait:
+            run.wait(timeout)
+        return run
 
     # -- helpers for the GUI ------------------------------------------------------------------------------------
     @staticmethod

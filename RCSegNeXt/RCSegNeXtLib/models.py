@@ -2,7 +2,9 @@
 
 A model is a model folder (`plans.json`, `dataset.json`, `fold_K/checkpoint_*.pt`) copied under the models root
 (the Widget uses `<Slicer settings folder>/RCSegNeXt/models`). Installing records where it came from in
-`install.json` (source, SHA-256 of the archive, time, folds, software version). A given SHA-256 is checked before
+`install.json` (source, SHA-256 of the archive, time, folds, software version) and, for a model the panel (or
+`train`) trained, its training provenance (`RUN/provenance.json`: from scratch or fine-tuned from which model, on how
+many cases, the dataset's SHA-256, when). A given SHA-256 is checked before
 anything is unpacked; a zip member that would land outside the target (absolute path, `..`, a link) refuses the
 whole archive. Installation is atomic: a half-copied model is never listed.
 """
@@ -40,9 +42,10 @@ def model_guidance(python_slicer: str = "PythonSlicer") -> str:
         "fold_K/checkpoint_final.pt. Three ways to get one:\n"
         "1. A model you were given (a colleague's, or one published with its SHA-256): 'Install zip...' or "
         "'Install folder...' below.\n"
-        "2. Train one from cases saved with 'Save as training case' (a CUDA GPU is strongly advised):\n"
-        f"   {run} check DATASET\n   {run} train DATASET -o RUN_FOLDER --fold all\n"
-        "   then 'Install folder...' with RUN_FOLDER.\n"
+        "2. Train one from cases saved with 'Save as training case' (a CUDA GPU is strongly advised): section "
+        "'Improve the model', 'From scratch', Train; the finished model is installed here and selected. Or from "
+        f"a terminal:\n   {run} check DATASET\n   {run} train DATASET -o RUN_FOLDER --fold all, then "
+        "'Install folder...' with RUN_FOLDER.\n"
         "3. The official RCSegNeXt weights were announced but not published; once they are:\n"
         f"   {run} import-official CHECKPOINT --plans PLANS_JSON -o MODEL_FOLDER, then install MODEL_FOLDER.")
 
@@ -78,18 +81,47 @@ def move_legacy_models(legacy_root: str | os.PathLike, models_root: str | os.Pat
 class InstalledModel:
     name: str
     path: Path
-    provenance: Dict = field(default_factory=dict)
+    provenance: Dict = field(default_factory=dict)  # the install record (install.json)
+
+    @property
+    def training(self) -> Dict:
+        """The training provenance recorded at install ({} for a model installed without one)."""
+        record = self.provenance.get("training")
+        return record if isinstance(record, dict) else {}
+
+    @property
+    def parent(self) -> Optional[str]:
+        """Name of the model this one was fine-tuned from (None: trained from scratch, or unknown)."""
+        parent = self.training.get("parent")
+        return str(parent.get("name") or parent.get("path") or "?") if isinstance(parent, dict) else None
 
     @property
     def description(self) -> str:
         p = self.provenance
-        return (f"{self.name}: folds {p.get('folds', '?')}, from {p.get('source', 'unknown')}, installed "
+        text = (f"{self.name}: folds {p.get('folds', '?')}, from {p.get('source', 'unknown')}, installed "
                 f"{p.get('installed_at', '?')}" + (f", sha256 {p['sha256'][:12]}..." if p.get("sha256") else ""))
+        return text + ("\n" + training_summary(self.training) if self.training else "")
 
 
-def model_folds(folder: Path) -> List[int]:
-    return sorted(int(p.name[5:]) for p in folder.glob("fold_*") if p.name[5:].isdigit()
-                  and any(p.glob("checkpoint_*.pt")))
+def training_summary(record: Dict) -> str:
+    """One line on how a model was trained, from its provenance.json record."""
+    parent = record.get("parent")
+    how = (f"fine-tuned from '{parent.get('name') or parent.get('path')}' (fold {parent.get('fold', '?')})"
+           if isinstance(parent, dict) else "trained from scratch")
+    sha = str(record.get("dataset_sha256") or "")
+    return (f"{how} on {record.get('cases', '?')} case(s) of {Path(str(record.get('dataset') or '?')).name}"
+            + (f" (dataset sha256 {sha[:12]}...)" if sha else "")
+            + f", {record.get('epochs', '?')} epochs, finished {record.get('date', '?')}")
+
+
+def model_folds(folder: Path) -> List:
+    """The folds with a checkpoint: numbers, then "all" (the fold trained on every case) when present."""
+    folds = [p.name[5:] for p in folder.glob("fold_*") if any(p.glob("checkpoint_*.pt"))]
+    return sorted(int(f) for f in folds if f.isdigit()) + (["all"] if "all" in folds else [])
+
+
+# a training run folder's parts that inference never reads: the preprocessed cache (often GBs) and the resume state
+RUN_ONLY = ("preprocessed", "checkpoint_latest.pt")
 
 
 def check_model_folder(folder: Path, source: str = "") -> None:
@@ -136,8 +168,9 @@ def _model_root_in(folder: Path) -> Path:
 
 
 def install_model(source: str | os.PathLike, models_root: str | os.PathLike, name: Optional[str] = None,
-                  sha256: Optional[str] = None, overwrite: bool = False) -> InstalledModel:
-    """Install a model folder or a .zip of one under `models_root/<name>`; returns the installed model."""
+                  sha256: Optional[str] = None, overwrite: bool = False, training_run: bool = False) -> InstalledModel:
+    """Install a model folder or a .zip of one under `models_root/<name>`; returns the installed model.
+    `training_run`: the folder is a training run, whose RUN_ONLY parts are not copied."""
     source, root = Path(source), Path(models_root)
     if not source.exists():
         raise ModelError(f"{source}: no such file or folder")
@@ -168,12 +201,17 @@ def install_model(source: str | os.PathLike, models_root: str | os.PathLike, nam
             model_dir = _model_root_in(staging / "unpacked")
         else:
             model_dir = staging / "unpacked"
-            shutil.copytree(source, model_dir, symlinks=False)
+            shutil.copytree(source, model_dir, symlinks=False,
+                            ignore=shutil.ignore_patterns(*RUN_ONLY) if training_run else None)
         check_model_folder(model_dir, str(source))
         record = {"name": name, "source": str(source.resolve()), "sha256": digest,
                   "installed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   "folds": model_folds(model_dir), "software_version": _version(),
                   "dataset_name": json.loads((model_dir / "plans.json").read_text(encoding="utf-8")).get("dataset_name", "")}
+        from RCSegNeXtCore.training.provenance import read_provenance  # standard library only: no torch
+        training = read_provenance(model_dir)
+        if training:
+            record["training"] = training
         atomic_write_json(model_dir / INSTALL_RECORD, record)
         if target.exists():
             shutil.rmtree(target)

@@ -1,9 +1,12 @@
-"""Run the prediction in a separate Python process (Slicer's `PythonSlicer`) and follow its progress. Qt-free.
+"""Run prediction or training in a separate Python process (Slicer's `PythonSlicer`) and follow its progress.
+Qt-free.
 
 Why a process: the GUI never freezes, a crash or out-of-memory error cannot take Slicer down, and GPU memory is
 freed when it ends (as the established AI extensions do). The child prints one JSON object per progress step on
-stdout (`--progress-json`, schema in RCSegNeXtCore/inference/runner.py: stage, case, done, total (cases) and, while
-predicting, tiles_done/tiles_total (forward passes)); other lines are log text. The child runs in its own
+stdout (`--progress-json`); other lines are log text. Prediction (schema in RCSegNeXtCore/inference/runner.py):
+stage, case, done, total (cases) and, while predicting, tiles_done/tiles_total (forward passes). Training
+(`train --progress-json`): plan, preprocess (done/total cases), one `train` line per epoch (epoch, epochs, loss,
+val_loss, pseudo_dice, eta_s), validate, export, done (model), error (message). The child runs in its own
 session / process group, so Cancel kills the whole tree (the process, its workers and anything they started).
 
     runner = SubprocessRunner(build_predict_command(python, "in.nrrd", "out.nii.gz", model_dir))
@@ -29,10 +32,22 @@ from typing import Deque, Dict, List, Optional, Sequence, Union
 PREDICT_MODULE = "RCSegNeXtCore"  # `python -m RCSegNeXtCore predict ...` = `rcsegnext predict ...`
 
 
+def format_duration(seconds: float) -> str:
+    """'45 s', '12 min', '3.5 h', '2.1 days': the panel's time-left wording."""
+    if seconds < 90:
+        return f"{max(1, int(round(seconds)))} s"
+    if seconds < 90 * 60:
+        return f"{int(round(seconds / 60))} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
 @dataclass
 class ProgressEvent:
-    """One `--progress-json` line: stage (preprocess / predict / export / error / done), case, cases done/total,
-    and forward passes (tiles) done/total of the current case while predicting."""
+    """One `--progress-json` line: stage (prediction: preprocess / predict / export / error / done; training: plan /
+    preprocess / train / validate / export / error / done), case, done/total (cases; epochs while training), and
+    forward passes (tiles) done/total of the current case while predicting. Other fields stay in `raw`."""
 
     stage: str
     done: int
@@ -54,9 +69,38 @@ class ProgressEvent:
     def text(self) -> str:
         if self.stage == "predict" and self.tiles_total:
             return f"predicting: tile {self.tiles_done}/{self.tiles_total}"
+        if self.stage == "train":
+            return training_text(self.raw, self.done, self.total)
         if self.stage == "error":
             return f"error: {self.raw.get('message', '')}"
         return f"{self.stage}: {self.done}/{self.total} case(s)"
+
+
+def _number(value) -> Optional[float]:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number else None  # NaN (e.g. a class absent from every patch): not shown
+
+
+def training_text(raw: Dict, done: int, total: int) -> str:
+    """'epoch 3/25, loss 0.41, pseudo-Dice rectum 0.80 tumour 0.55, about 4 min left' from a `train` line."""
+    parts = [f"epoch {int(raw.get('epoch') or done)}/{int(raw.get('epochs') or total)}"]
+    loss, val_loss = _number(raw.get("loss")), _number(raw.get("val_loss"))
+    if loss is not None:
+        parts.append(f"loss {loss:.2f}")
+    if val_loss is not None:
+        parts.append(f"validation loss {val_loss:.2f}")
+    dice = raw.get("pseudo_dice")
+    if isinstance(dice, dict):
+        scores = [f"{name} {_number(value):.2f}" for name, value in dice.items() if _number(value) is not None]
+        if scores:
+            parts.append("pseudo-Dice " + " ".join(scores))
+    eta = _number(raw.get("eta_s"))
+    if eta is not None and eta > 0:
+        parts.append(f"about {format_duration(eta)} left")
+    return ", ".join(parts)
 
 
 @dataclass
@@ -124,6 +168,28 @@ def build_predict_command(python: str, input_path: str | os.PathLike, output_pat
     return command + ["--progress-json"]
 
 
+def build_train_command(python: str, dataset_dir: str | os.PathLike, run_dir: str | os.PathLike,
+                        init_from: Optional[str | os.PathLike] = None, init_fold: Optional[object] = None,
+                        device: str = "auto", epochs: Optional[int] = None, resume: bool = False,
+                        extra_args: Sequence[str] = (), module: str = PREDICT_MODULE) -> List[str]:
+    """`PythonSlicer -m RCSegNeXtCore train DATASET -o RUN --fold all [--init-from MODEL [--init-fold K]] [--resume]
+    [--epochs N] --device D [extra_args] --progress-json`: every case trains one model (the panel's model has no
+    held-out fold). `extra_args`: further `train` options (scripts, tests)."""
+    command = [str(python), "-m", module, "train", str(dataset_dir), "-o", str(run_dir), "--fold", "all"]
+    if init_from:
+        command += ["--init-from", str(init_from)]
+        if init_fold is not None:
+            command += ["--init-fold", str(init_fold)]
+    elif init_fold is not None:
+        raise ValueError("init_fold needs init_from (the model whose fold is fine-tuned)")
+    if resume:
+        command.append("--resume")
+    if epochs:
+        command += ["--epochs", str(int(epochs))]
+    command += ["--device", str(device or "auto"), *[str(a) for a in extra_args]]
+    return command + ["--progress-json"]
+
+
 def child_environment(extra_path: Optional[str] = None) -> Dict[str, str]:
     """This process's environment + the core on PYTHONPATH + unbuffered output (progress arrives live)."""
     env = dict(os.environ)
@@ -161,8 +227,9 @@ class SubprocessRunner:
     """Start a command in its own process group, stream its progress, cancel it with its whole process tree."""
 
     def __init__(self, command: Sequence[str], env: Optional[Dict[str, str]] = None,
-                 cwd: Optional[str | os.PathLike] = None, stderr_lines: int = 40):
+                 cwd: Optional[str | os.PathLike] = None, stderr_lines: int = 40, what: str = "segmentation process"):
         self.command = [str(c) for c in command]
+        self.what = what  # names the child in failure messages ("training process failed with ...")
         self.env = env if env is not None else child_environment()
         self.cwd = str(cwd) if cwd else None
         self.process: Optional[subprocess.Popen] = None
@@ -203,7 +270,8 @@ class SubprocessRunner:
             if name == "stderr" and line.strip():
                 self._stderr.append(line)
             if event is not None and event.stage == "error":
-                self._errors.append(f"{event.case}: {event.raw.get('message', '')}")
+                message = str(event.raw.get("message", ""))
+                self._errors.append(f"{event.case}: {message}" if event.case else message)
             self._events.put(event or LogEvent(line, name))
         stream.close()
 
@@ -250,7 +318,7 @@ class SubprocessRunner:
             reason = "refused the input or model (exit status 2)"
         else:
             reason = f"failed with exit status {code}"
-        return FinishedEvent(code, False, f"segmentation process {reason}:\n{tail}")
+        return FinishedEvent(code, False, f"{self.what} {reason}:\n{tail}")
 
     def wait(self, timeout: Optional[float] = None) -> List[Event]:
         """Block until the child ends (or `timeout` s); returns all events (for scripts and tests). On a timeout the
