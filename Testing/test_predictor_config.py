@@ -14,13 +14,13 @@ from RCSegNeXtCore.inference.predictor import Predictor
 EVERY_OPTION = ["-i", "IN", "-o", "OUT.seg.nrrd", "-m", "MODEL", "--folds", "0", "all", "--checkpoint", "best",
                 "--device", "cpu", "--backend", "torch", "--threads", "2", "--tta", "--tile-overlap", "0.5",
                 "--batch-tiles", "3",
-                "--whole-volume", "--format", "seg.nrrd", "--save-probabilities", "--progress-json",
+                "--whole-volume", "--format", "seg.nrrd", "--save-probabilities", "--uncertainty", "--progress-json",
                 "--resize-to", "4", "32", "32", "--overwrite", "--series", "T2"]
 EXPECTED = PredictionConfig(
     model="MODEL", input="IN", output="OUT.seg.nrrd", folds=["0", "all"], checkpoint="best", device="cpu",
     tta=True, tile_overlap=0.5, batch_tiles=3, whole_volume_max_voxels=None, resize_to=[4, 32, 32], backend="torch",
     threads=2,
-    format="seg.nrrd", save_probabilities=True, progress_json=True, overwrite=True, series="T2")
+    format="seg.nrrd", save_probabilities=True, uncertainty=True, progress_json=True, overwrite=True, series="T2")
 
 
 def _parser():

@@ -14,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "study folder (sub-folders = DICOM series of one study: the series in the model's "
                              "slice plane are segmented, the others listed)")
     parser.add_argument("-o", "--output", required=True,
-                        help="output file (one case: .nii.gz, .nrrd or .seg.nrrd) or folder (a folder of cases)")
+                        help="output file (one case: .nii.gz, .nrrd, .seg.nrrd, or .dcm: a DICOM SEG of a DICOM series "
+                             "input, docs/dicom_seg.md) or folder (a folder of cases)")
     parser.add_argument("-m", "--model", required=True, help="model folder (plans.json, dataset.json, fold_K/)")
     parser.add_argument("--folds", nargs="+", default=None, metavar="K|all",
                         help="folds to average: numbers (fold_K) and/or 'all' (fold_all, trained on every case); "
@@ -42,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              + "; ".join(f"{f.suffix} {f.description}" for f in OUTPUT_FORMATS.values()))
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write the softmax probabilities (K-component NRRD)")
+    parser.add_argument("--uncertainty", action="store_true",
+                        help="also write the review map CASE_uncertainty (float32 in [0, 1], normalised entropy of "
+                             "the softmax) beside each label map, and a per-case uncertainty score in its header, "
+                             "the progress lines and the summary (sort a worklist by it; docs/inference.md)")
     parser.add_argument("--progress-json", action="store_true",
                         help="print one JSON progress object per line on stdout (for GUIs)")
     parser.add_argument("--resize-to", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
@@ -60,7 +65,8 @@ def config_from_args(args: argparse.Namespace):
         device=args.device, tta=args.tta, tile_overlap=args.tile_overlap, batch_tiles=args.batch_tiles,
         whole_volume_max_voxels=None if args.whole_volume else 0, resize_to=args.resize_to, backend=args.backend,
         threads=args.threads,
-        format=args.format, save_probabilities=args.save_probabilities, progress_json=args.progress_json,
+        format=args.format, save_probabilities=args.save_probabilities, uncertainty=args.uncertainty,
+        progress_json=args.progress_json,
         overwrite=args.overwrite, series=args.series)
 
 
@@ -73,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
         not_chosen = f", series not segmented {len(result.skipped_series)}" if result.skipped_series else ""
         print(f"written {len(result.written)}, skipped (already there) {len(result.skipped)}, "
               f"failed {len(result.failed)}{not_chosen}")
+        if result.uncertainty_scores:
+            print("uncertainty score (highest first: review those first):")
+            for case, score in sorted(result.uncertainty_scores.items(), key=lambda kv: -kv[1]):
+                print(f"  {score:.4f}  {case}")
     for failure in result.failed:
         print(f"FAILED {failure['case']}: {failure['message']}", file=sys.stderr)
     return 1 if result.failed else 0

@@ -38,6 +38,7 @@ class PredictionConfig:
     # -- the run (run_prediction) ------------------------------------------------------------------------------
     format: Optional[str] = None                # an OUTPUT_FORMATS key; None: from the output name
     save_probabilities: bool = False
+    uncertainty: bool = False                   # also write CASE_uncertainty (the review map) and score each case
     progress_json: bool = False                 # one JSON progress object per line on stdout (runner docstring)
     overwrite: bool = False                     # redo cases whose output already exists
     series: Optional[str] = None                # in a study folder, segment this series

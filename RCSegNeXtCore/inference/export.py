@@ -7,6 +7,7 @@ only an 80-character description field, which gets a short form (version, model,
 The .seg.nrrd is Slicer's shared-labelmap segmentation: one 3D uint8 volume (voxel value = segment's label value)
 plus `Segment{i}_*` keys (ID, Name, Color, LabelValue, Layer, Extent, Tags with the TerminologyEntry) and the
 `Segmentation_*` keys; 3D Slicer and `slicerio` read it as segments "Rectum" and "Tumor".
+A DICOM series input can also be written as a DICOM SEG for PACS ("dcm", inference/dicom_seg.py, highdicom).
 
 numpy and SimpleITK are imported by the writers, not with the module: `rcsegnext predict --help` lists
 OUTPUT_FORMATS without loading them.
@@ -127,18 +128,54 @@ def write_probabilities(probabilities: np.ndarray, geometry: Geometry, path: str
     return write_sitk(image, path, _header_metadata(path, keys))
 
 
+# the review map's file: same format family as the label map (a .seg.nrrd's is a plain NRRD volume)
+UNCERTAINTY_EXTENSIONS = {".nii.gz": ".nii.gz", ".nii": ".nii.gz", ".nrrd": ".nrrd", ".seg.nrrd": ".nrrd",
+                          ".mha": ".mha"}
+
+
+def uncertainty_path(labels_path: str | os.PathLike) -> Path:
+    """Where the review map of the label map at `labels_path` goes: CASE_uncertainty<ext> beside it."""
+    stem, ext = split_extension(labels_path)
+    suffix = UNCERTAINTY_EXTENSIONS.get(ext.lower())
+    if suffix is None:
+        raise ValueError(f"{labels_path}: no uncertainty format for {ext or 'no extension'}; use a name ending "
+                         f"{', '.join(UNCERTAINTY_EXTENSIONS)}")
+    return Path(labels_path).with_name(f"{stem}_uncertainty{suffix}")
+
+
+def write_uncertainty(uncertainty: np.ndarray, geometry: Geometry, path: str | os.PathLike,
+                      metadata: Optional[Mapping[str, str]] = None) -> Path:
+    """A (z, y, x) review map (float32 in [0, 1], inference/uncertainty.py) on `geometry`, atomically, with the
+    provenance and score keys in an NRRD/MHA header (NIfTI: the short provenance description)."""
+    import numpy as np
+
+    from RCSegNeXtCore.data.io import write_image
+    uncertainty = np.asarray(uncertainty, dtype=np.float32)
+    if uncertainty.shape != tuple(geometry.shape):
+        raise ValueError(f"uncertainty map {uncertainty.shape} does not match the grid {geometry.shape}")
+    keys = {**dict(metadata or {}), "RCSegNeXt_Map": "uncertainty: normalised entropy of the softmax, 0..1"}
+    return write_image(uncertainty, geometry, path, _header_metadata(Path(path), keys))
+
+
 def _write_labelmap(labels, geometry, path, label_names, metadata=None) -> Path:
     return write_labelmap(labels, geometry, path, metadata)
+
+
+def _write_dicom_seg(labels, geometry, path, label_names, metadata=None, source=None) -> Path:
+    from RCSegNeXtCore.inference.dicom_seg import write_dicom_seg  # highdicom: an optional extra
+    return write_dicom_seg(labels, geometry, path, label_names, metadata, source=source)
 
 
 @dataclass(frozen=True)
 class OutputFormat:
     """A prediction file type: its name ending, the writer (labels, geometry, path, label_names, metadata) -> path,
-    and a few words for --help."""
+    and a few words for --help. `dicom_source`: the writer also takes `source=`, the input's DICOM series folder
+    (only such inputs can be written in this format)."""
 
     suffix: str
     write: Callable[..., Path]
     description: str
+    dicom_source: bool = False
 
 
 # the one list of prediction formats: --format choices, names accepted by `predict -o`, writer by name ending
@@ -148,6 +185,8 @@ OUTPUT_FORMATS: Dict[str, OutputFormat] = {f.suffix: f for f in (
     OutputFormat("nrrd", _write_labelmap, "NRRD label map (provenance in the header)"),
     OutputFormat("mha", _write_labelmap, "MetaImage label map"),
     OutputFormat("seg.nrrd", write_segmentation, "3D Slicer segmentation: named, coloured segments"),
+    OutputFormat("dcm", _write_dicom_seg, "DICOM SEG for PACS (DICOM series input only; pip install "
+                 "rcsegnext[dicom])", dicom_source=True),
 )}
 
 
@@ -157,9 +196,12 @@ def output_format(path: str | os.PathLike) -> Optional[OutputFormat]:
 
 
 def write_prediction(labels: np.ndarray, geometry: Geometry, path: str | os.PathLike, label_names: Mapping[str, int],
-                     metadata: Optional[Mapping[str, str]] = None) -> Path:
-    """The prediction in the format its file name ends with (see OUTPUT_FORMATS)."""
+                     metadata: Optional[Mapping[str, str]] = None, source: Optional[str | os.PathLike] = None) -> Path:
+    """The prediction in the format its file name ends with (see OUTPUT_FORMATS); `source`: the DICOM series folder
+    the input was read from (needed by the DICOM SEG writer, ignored by the others)."""
     fmt = output_format(path)
     if fmt is None:
         raise ValueError(f"{path}: unknown output format; use a name ending .{', .'.join(OUTPUT_FORMATS)}")
+    if fmt.dicom_source:
+        return fmt.write(labels, geometry, path, label_names, metadata, source=source)
     return fmt.write(labels, geometry, path, label_names, metadata)

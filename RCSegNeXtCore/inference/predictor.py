@@ -11,6 +11,8 @@ probabilities back to the original grid before the argmax.
 With an engine backend nothing here imports torch: the engines run fold_K/model.onnx (inference/onnx_export.py;
 exported first when missing or stale and PyTorch is there, refused when it is not), everything else is numpy.
 `Predictor.engine` is the one-line description of the engine in use (also in every output's provenance).
+`predict(..., uncertainty=True)` adds the review map (inference/uncertainty.py): `Prediction.uncertainty`, with
+several members `Prediction.disagreement`, and the per-case `uncertainty_score`.
 """
 from __future__ import annotations
 
@@ -46,6 +48,19 @@ class Prediction:
     probabilities: Optional[np.ndarray] = None  # (K, z, y, x) float32 when asked for
     stats: Optional[WindowStats] = None
     warnings: List[str] = field(default_factory=list)
+    # the review map (predict(uncertainty=True), inference/uncertainty.py), (z, y, x) float32 in [0, 1] on `geometry`
+    uncertainty: Optional[np.ndarray] = None    # normalised entropy of the final softmax
+    disagreement: Optional[np.ndarray] = None   # members' mutual information / log K (several folds or TTA only)
+    uncertainty_score: Optional[float] = None   # uncertainty.case_score: mean over the tumour's boundary band
+    uncertainty_region: Optional[str] = None    # "tumour" | "foreground" | "volume": where the score was taken
+    disagreement_score: Optional[float] = None  # the same region's mean disagreement
+
+    def uncertainty_metadata(self) -> dict:
+        """The review score's header keys (empty without uncertainty), for the written files' provenance."""
+        if self.uncertainty_score is None:
+            return {}
+        from RCSegNeXtCore.inference.uncertainty import score_metadata
+        return score_metadata(self.uncertainty_score, self.uncertainty_region, self.disagreement_score)
 
 
 def model_plane(model: ModelFolder) -> Optional[str]:
@@ -193,7 +208,8 @@ class Predictor:
         return provenance(self.model.name, self.weights_sha256, self.engine)
 
     def predict(self, image: Image, progress: Optional[StageProgress] = None, source: str = "input",
-                keep_probabilities: bool = False) -> Prediction:
+                keep_probabilities: bool = False, uncertainty: bool = False) -> Prediction:
+        """Label map (and on request probabilities, the review map with its score) on `image`'s grid."""
         from RCSegNeXtCore.data.preprocess import preprocess_case, restore_to_original
         from RCSegNeXtCore.data.resample import resample_image, resample_probabilities
 
@@ -223,17 +239,41 @@ class Predictor:
         case = preprocess_case(Image(array, geometry), self.plans)
         notify("preprocess", 1, 1)
         restore_logits = resampling_settings(self.plans.resampling)["restore"] == "logits"
-        values, stats = predict_sliding_window(
+        values, stats, *spread = predict_sliding_window(
             self.backends(), case.data, self.plans.patch_size,
             self.plans.num_classes, total_stride=self.total_stride, overlap=self.tile_overlap,
             mirror_axes=self.plans.mirror_axes if self.tta else (), batch_tiles=self.batch_tiles,
             whole_volume_max_voxels=self.whole_volume_max_voxels, device=self.device, amp=self.amp,
-            progress=lambda done, total: notify("predict", done, total), logits=restore_logits)
+            progress=lambda done, total: notify("predict", done, total), logits=restore_logits,
+            disagreement=uncertainty)
         notify("restore", 0, 1)
         restored = restore_to_original(values, case.properties, logits=restore_logits)
         if geometry is not original:
             restored = resample_probabilities(restored, original.shape, geometry.spacing, original.spacing)
         labels = np.argmax(restored, axis=0).astype(np.uint8)
+        result = Prediction(labels, original, restored if keep_probabilities else None, stats, found)
+        if uncertainty:
+            self._review(result, restored, spread[0], case.properties, geometry)
         notify("restore", 1, 1)
-        return Prediction(labels, original, restored if keep_probabilities else None, stats, found)
+        return result
+
+    def _review(self, result: Prediction, restored: np.ndarray, spread: Optional[np.ndarray], properties: dict,
+                geometry: Geometry) -> None:
+        """Fill `result`'s review map: the final softmax's normalised entropy on the input grid, the members'
+        disagreement brought back like the probabilities, the per-case scores (inference/uncertainty.py)."""
+        from RCSegNeXtCore.data.resample import resample_probabilities
+        from RCSegNeXtCore.inference.uncertainty import case_score, normalized_entropy, restore_map, tumour_label
+        original = result.geometry
+        result.uncertainty = normalized_entropy(restored)
+        if spread is not None:
+            spread = restore_map(spread, properties)
+            if geometry is not original:   # --resize-to: linear on every axis, as the probabilities
+                spread = np.clip(resample_probabilities(spread[None], original.shape, geometry.spacing,
+                                                        original.spacing)[0], 0.0, 1.0)
+            result.disagreement = spread.astype(np.float32, copy=False)
+        tumour = tumour_label(self.labels)
+        result.uncertainty_score, result.uncertainty_region = case_score(result.uncertainty, result.labels,
+                                                                         original.spacing, tumour)
+        if result.disagreement is not None:
+            result.disagreement_score = case_score(result.disagreement, result.labels, original.spacing, tumour)[0]
 

@@ -14,7 +14,9 @@ atomically, keeps going after a bad case and reports every failure at the end (t
 `tiles_*` count forward passes (tiles x mirrors x folds) of the current case. Skipped cases emit only an "export"
 line with "skipped": true. "engine" is the backend that runs the network and its settings (Predictor.engine, e.g.
 "openvino 2026.4.1 (CPU, f32, 2 threads)"); it is also printed once on stderr ("engine: ...") and recorded in every
-output's provenance (RCSegNeXt_Engine).
+output's provenance (RCSegNeXt_Engine). With `uncertainty` (--uncertainty) each "export" line also has
+"uncertainty_output" (the review map beside the label map, export.uncertainty_path) and "uncertainty_score"
+(inference/uncertainty.py), and "done" has "uncertainty_scores": {ID: score} for the cases written.
 
 A study folder (sub-folders = DICOM series of one study, `inference/study.py`) is listed first (on stdout; on
 stderr with --progress-json, so stdout stays JSON) and only the series in the model's slice plane (or the ones named
@@ -39,7 +41,8 @@ from RCSegNeXtCore.data.dicom import DicomNote
 from RCSegNeXtCore.data.io import IMAGE_EXTENSIONS, Image, read_image, split_extension
 from RCSegNeXtCore.errors import ImageReadError, RCSegNeXtError, first_line
 from RCSegNeXtCore.inference.config import PredictionConfig
-from RCSegNeXtCore.inference.export import OUTPUT_FORMATS, output_format, write_prediction, write_probabilities
+from RCSegNeXtCore.inference.export import (OUTPUT_FORMATS, output_format, uncertainty_path, write_prediction,
+                                            write_probabilities, write_uncertainty)
 from RCSegNeXtCore.progress import ProgressBar
 
 
@@ -55,6 +58,7 @@ class RunResult:
     skipped: List[str] = field(default_factory=list)
     failed: List[Dict[str, str]] = field(default_factory=list)
     skipped_series: List[Dict[str, str]] = field(default_factory=list)  # study folders: not segmented, and why
+    uncertainty_scores: Dict[str, float] = field(default_factory=dict)  # --uncertainty: per case written
 
 
 def _is_image_file(path: Path) -> bool:
@@ -148,6 +152,7 @@ def run_prediction(config: PredictionConfig, predictor=None, stream: Optional[Te
     docstring). `predictor`: one already made (default: `Predictor.from_config(config)`, with the config's backend
     and threads); `stream`: where the progress lines go (default stdout)."""
     from RCSegNeXtCore.inference.predictor import Predictor
+    _check_dicom_output(config)
     predictor = predictor if predictor is not None else Predictor.from_config(config)
     engine = getattr(predictor, "engine", None)
     for note in getattr(predictor, "notes", []):
@@ -165,15 +170,33 @@ def run_prediction(config: PredictionConfig, predictor=None, stream: Optional[Te
     with ProgressBar(total, "predict", enabled=folder_mode and not config.progress_json, unit="case") as bar:
         for case, target in zip(cases, targets):
             done = len(result.written) + len(result.skipped) + len(result.failed)
-            if folder_mode and target.exists() and not config.overwrite:
+            done_before = target.exists() and (not config.uncertainty or uncertainty_path(target).exists())
+            if folder_mode and done_before and not config.overwrite:
                 result.skipped.append(case.case_id)
                 events.emit("export", case.case_id, done, total, output=str(target), warnings=[], skipped=True)
             else:
                 _predict_one(predictor, config, case, target, folder_mode, events, done, total, result)
             bar.update(1)
+    review = {"uncertainty_scores": result.uncertainty_scores} if config.uncertainty else {}
     events.emit("done", None, total, total, written=result.written, skipped=result.skipped, failed=result.failed,
-                skipped_series=result.skipped_series)
+                skipped_series=result.skipped_series, **review)
     return result
+
+
+def _check_dicom_output(config: PredictionConfig) -> None:
+    """A DICOM SEG output (--format dcm, a name ending .dcm) is refused before any work for an input that is not
+    DICOM (an image file, a folder holding image files) and when highdicom is missing."""
+    fmt = OUTPUT_FORMATS.get(config.format) if config.format else output_format(config.output)
+    if fmt is None or not fmt.dicom_source:
+        return
+    path = Path(config.input)
+    if path.is_file() or (path.is_dir() and any(_is_image_file(p) for p in path.iterdir())):
+        what = "an image file" if path.is_file() else "a folder holding image files"
+        raise RCSegNeXtError(f"output format {fmt.suffix} (DICOM SEG) needs a DICOM series input (a folder of DICOM "
+                             f"files, a study folder or a folder of series folders), and {path} is {what}; "
+                             "write .seg.nrrd or a label map instead")
+    from RCSegNeXtCore.inference.dicom_seg import require_highdicom
+    require_highdicom()
 
 
 def _cases_to_predict(config: PredictionConfig, predictor) -> tuple[List[CaseInput], bool, RunResult, Optional[str]]:
@@ -228,16 +251,26 @@ def _predict_one(predictor, config: PredictionConfig, case: CaseInput, target: P
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # reported below and in the progress line instead
             prediction = predictor.predict(image, on_progress, source=f"case {case.case_id}",
-                                           keep_probabilities=config.save_probabilities)
+                                           keep_probabilities=config.save_probabilities,
+                                           uncertainty=config.uncertainty)
         for message in prediction.warnings:
             print(f"warning: {message}", file=sys.stderr)
-        metadata = predictor.metadata()
-        write_prediction(prediction.labels, prediction.geometry, target, predictor.labels, metadata)
+        metadata = {**predictor.metadata(), **prediction.uncertainty_metadata()} if config.uncertainty \
+            else predictor.metadata()
+        write_prediction(prediction.labels, prediction.geometry, target, predictor.labels, metadata,
+                         source=case.paths[0])   # the DICOM SEG references this series
         if config.save_probabilities:
             write_probabilities(prediction.probabilities, prediction.geometry,
                                 _probability_path(target, folder_mode), predictor.labels, metadata)
+        review = {}
+        if config.uncertainty:
+            review_path = write_uncertainty(prediction.uncertainty, prediction.geometry, uncertainty_path(target),
+                                            metadata)
+            result.uncertainty_scores[case.case_id] = prediction.uncertainty_score
+            review = {"uncertainty_output": str(review_path), "uncertainty_score": prediction.uncertainty_score}
         result.written.append(case.case_id)
-        events.emit("export", case.case_id, done, total, output=str(target), warnings=prediction.warnings)
+        events.emit("export", case.case_id, done, total, output=str(target), warnings=prediction.warnings,
+                    **review)
     except (RCSegNeXtError, ValueError, RuntimeError, OSError, MemoryError) as exc:
         message = first_line(exc)
         events.emit("error", case.case_id, done, total, message=message)

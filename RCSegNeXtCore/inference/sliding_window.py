@@ -21,6 +21,10 @@ Memory: the padded input, the (K, z, y, x) sums and the weights are allocated on
 logits and weighted-logits buffers once per run and reused for every tile (no per-tile allocation of the volume's
 size). A PyTorch backend on a GPU keeps today's device path (`inference/torch_window.py`: tiles gathered, flipped and
 accumulated on the GPU, bf16/fp16 autocast, channels_last_3d); it equals this numpy path (Testing/test_sliding_window).
+
+Review map (`disagreement=True`, inference/uncertainty.py): with several members (networks x mirrors) the window
+also keeps Gaussian-weighted running sums of each member's softmax (K channels) and entropy (1 channel), from which
+the members' disagreement (mutual information / log K) follows at the end; nothing extra is computed otherwise.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ import numpy as np
 
 from RCSegNeXtCore.data.preprocess import softmax
 from RCSegNeXtCore.inference.backends import BackendError
+from RCSegNeXtCore.inference.uncertainty import mutual_information, softmax_and_entropy
 
 ProgressFn = Callable[[int, int], None]
 # minimum overlap of neighbouring tiles (fraction of the patch): the paper's [24, 512, 512] volume with a
@@ -194,12 +199,16 @@ def _width(backends: Sequence[Any]) -> int:
 class Buffers:
     """The per-tile arrays of one run, allocated once and reused for every batch of tiles."""
 
-    def __init__(self, batch: int, channels: int, num_classes: int, window: Sequence[int]):
+    def __init__(self, batch: int, channels: int, num_classes: int, window: Sequence[int], members: bool = False):
         self.tiles = np.empty((batch, channels, *window), dtype=np.float32)
         self.flipped = np.empty_like(self.tiles)
         self.logits = np.empty((batch, num_classes, *window), dtype=np.float32)
         self.mean = np.empty_like(self.logits)
         self.weighted = np.empty((num_classes, *window), dtype=np.float32)
+        self.members = members   # per-member softmax and entropy, averaged over members (the review map)
+        if members:
+            self.member_p, self.scratch, self.mean_p = (np.empty_like(self.logits) for _ in range(3))
+            self.member_h, self.mean_h = (np.empty((batch, *window), dtype=np.float32) for _ in range(2))
 
 
 def _mean_logits(backends, buffers: Buffers, n: int, combos, on_pass: Callable[[], None]) -> np.ndarray:
@@ -207,6 +216,9 @@ def _mean_logits(backends, buffers: Buffers, n: int, combos, on_pass: Callable[[
     `buffers.mean[:n]`; `on_pass` after each pass."""
     tiles, mean = buffers.tiles[:n], buffers.mean[:n]
     mean.fill(0.0)
+    if buffers.members:
+        buffers.mean_p[:n].fill(0.0)
+        buffers.mean_h[:n].fill(0.0)
     for backend in backends:
         for combo in combos:
             axes = tuple(a + 2 for a in combo)
@@ -215,9 +227,17 @@ def _mean_logits(backends, buffers: Buffers, n: int, combos, on_pass: Callable[[
                 x = buffers.flipped[:n]
                 np.copyto(x, np.flip(tiles, axes))
             logits = backend.logits(x, out=buffers.logits[:n])
-            mean += np.flip(logits, axes) if axes else logits
+            logits = np.flip(logits, axes) if axes else logits
+            mean += logits
+            if buffers.members:
+                softmax_and_entropy(logits, buffers.member_p[:n], buffers.member_h[:n], buffers.scratch[:n])
+                buffers.mean_p[:n] += buffers.member_p[:n]
+                buffers.mean_h[:n] += buffers.member_h[:n]
             on_pass()
     mean /= len(backends) * len(combos)
+    if buffers.members:
+        buffers.mean_p[:n] /= len(backends) * len(combos)
+        buffers.mean_h[:n] /= len(backends) * len(combos)
     return mean
 
 
@@ -225,10 +245,13 @@ def predict_sliding_window(networks: Sequence[Any], data, patch_size: Sequence[i
                            total_stride: Sequence[int] = (1, 1, 1), overlap: Optional[float] = None,
                            mirror_axes: Sequence[int] = (), batch_tiles: int = 1,
                            whole_volume_max_voxels: Optional[int] = 0, device: Any = "cpu", amp: bool = False,
-                           progress: Optional[ProgressFn] = None, logits: bool = False) -> Tuple[Any, WindowStats]:
+                           progress: Optional[ProgressFn] = None, logits: bool = False,
+                           disagreement: bool = False) -> Tuple[Any, ...]:
     """Softmax probabilities (K, z, y, x) float32 for a preprocessed (C, z, y, x) volume; with `logits=True` the
     averaged logits instead (nnU-Net resamples those to the original grid before the softmax). A numpy array for
-    numpy `data`; a CPU torch tensor for a torch tensor (callers that work in torch).
+    numpy `data`; a CPU torch tensor for a torch tensor (callers that work in torch). Returns (values, stats);
+    with `disagreement=True` (values, stats, map): the members' disagreement (z, y, x) float32 in [0, 1]
+    (inference/uncertainty.py; always numpy), None when there is one member (one network, no mirroring).
 
     `networks`: one backend per fold (inference/backends.py), or torch modules (wrapped as PyTorch backends on
     `device`, autocast on CUDA when `amp`). PyTorch backends on a GPU run the device path (torch_window).
@@ -262,35 +285,52 @@ def predict_sliding_window(networks: Sequence[Any], data, patch_size: Sequence[i
         if progress is not None:
             progress(stats.forward_passes, total)
 
+    members = disagreement and len(combos) * len(backends) > 1
     if accelerator:
         from RCSegNeXtCore.inference.torch_window import accumulate_on_device
-        summed = accumulate_on_device(backends, layout, combos, num_classes, max(int(batch_tiles), 1), passed, logits)
+        out = accumulate_on_device(backends, layout, combos, num_classes, max(int(batch_tiles), 1), passed, logits,
+                                   members=members)
     else:
-        summed = _accumulate(backends, layout, combos, num_classes, max(int(batch_tiles), 1), passed, logits)
+        out = _accumulate(backends, layout, combos, num_classes, max(int(batch_tiles), 1), passed, logits,
+                          members=members)
+    summed, spread = out if members else (out, None)
     if as_torch:
         import torch
-        return torch.from_numpy(summed), stats
-    return summed, stats
+        summed = torch.from_numpy(summed)
+    return (summed, stats, spread) if disagreement else (summed, stats)
 
 
 def _accumulate(backends, layout: Layout, combos, num_classes: int, step: int, passed: Callable[[int], None],
-                logits: bool) -> np.ndarray:
+                logits: bool, members: bool = False):
     """The numpy path: Gaussian-weighted sums of every tile's mean logits, normalised, cropped to the input, softmax
-    unless `logits`."""
+    unless `logits`. With `members`: (that, the members' disagreement map) from running sums of the members'
+    softmax and entropy, weighted like the logits."""
     padded, weight = layout.padded, layout.weight
     summed = np.zeros((num_classes, *padded.shape[1:]), dtype=np.float32)
     weights = np.zeros(padded.shape[1:], dtype=np.float32)
-    buffers = Buffers(min(step, len(layout.tiles)), padded.shape[0], num_classes, layout.window)
+    buffers = Buffers(min(step, len(layout.tiles)), padded.shape[0], num_classes, layout.window, members)
+    if members:
+        sum_p = np.zeros_like(summed)
+        sum_h = np.zeros_like(weights)
     for first in range(0, len(layout.tiles), step):
         batch = layout.tiles[first:first + step]
         for i, t in enumerate(batch):
             buffers.tiles[i] = padded[(slice(None), *t)]
         mean = _mean_logits(backends, buffers, len(batch), combos, lambda n=len(batch): passed(n))
-        for t, p in zip(batch, mean):
+        for i, (t, p) in enumerate(zip(batch, mean)):
             np.multiply(p, weight, out=buffers.weighted)
             summed[(slice(None), *t)] += buffers.weighted
             weights[t] += weight
+            if members:
+                np.multiply(buffers.mean_p[i], weight, out=buffers.weighted)
+                sum_p[(slice(None), *t)] += buffers.weighted
+                sum_h[t] += buffers.mean_h[i] * weight
     np.maximum(weights, 1e-12, out=weights)
     summed /= weights
     summed = np.ascontiguousarray(summed[(slice(None), *layout.region)])
-    return summed if logits else softmax(summed)
+    summed = summed if logits else softmax(summed)
+    if not members:
+        return summed
+    sum_p /= weights
+    sum_h /= weights
+    return summed, mutual_information(sum_p[(slice(None), *layout.region)], sum_h[layout.region])
