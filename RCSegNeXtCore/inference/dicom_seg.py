@@ -157,7 +157,8 @@ def write_dicom_seg(labels: np.ndarray, geometry: Geometry, path: str | os.PathL
     series_number = int(getattr(datasets[0], "SeriesNumber", 0) or 0) + SERIES_NUMBER_OFFSET
     with warnings.catch_warnings():
         # the source's PatientName copied as it is (anonymised series often hold one component): not ours to fix
-        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name",
+                                category=UserWarning)
         seg = hd.seg.Segmentation(
             source_images=[datasets[i] for i in order], pixel_array=stacked,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
