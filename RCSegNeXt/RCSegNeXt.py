@@ -48,6 +48,7 @@ class RCSegNeXtParameterNode:
     device: str = "auto"
     tta: bool = False
     datasetPath: str = ""
+    trainingDatasetPath: str = ""  # 'Improve the model'; empty: the 'Save as training case' folder
 
 
 class RCSegNeXtLogic(ScriptedLoadableModuleLogic, QtFreeLogic):
@@ -71,6 +72,12 @@ def modelsRoot():
     return str(default_models_root(settingsFolder()))
 
 
+def runsRoot():
+    """Training runs of 'Improve the model': the models root's sibling (.../RCSegNeXt/runs)."""
+    from RCSegNeXtLib.training_run import default_runs_root
+    return str(default_runs_root(modelsRoot()))
+
+
 class RCSegNeXtWidget(ScriptedLoadableModuleWidget):
     """Binds the panel's widgets to the Qt-free RunController, DeviceProbe and Logic, and shows what they report."""
 
@@ -78,6 +85,7 @@ class RCSegNeXtWidget(ScriptedLoadableModuleWidget):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         self.logic = None
         self.controller = None
+        self.training = None  # the TrainingRunController of the current or last 'Improve the model' run
         self._parameterNode = None
         self._binding = None
         self._lastInput = None
@@ -115,6 +123,13 @@ class RCSegNeXtWidget(ScriptedLoadableModuleWidget):
         self.ui.openModelFolderButton.clicked.connect(self.onOpenModelFolder)
         self.ui.removeModelButton.clicked.connect(self.onRemoveModel)
         self.ui.warningsLabel.visible = False
+        self.ui.improveDatasetPathLineEdit.currentPathChanged.connect(self._onTrainingDatasetChanged)
+        self.ui.checkDatasetButton.clicked.connect(lambda: self.showDatasetSummary(full=True))
+        self.ui.finetuneRadioButton.toggled.connect(lambda checked: self._updateButtons())
+        self.ui.trainButton.clicked.connect(self.onTrainButton)
+        self.ui.cancelTrainingButton.clicked.connect(self.onCancelTraining)
+        self.ui.resumeTrainingButton.clicked.connect(self.onResumeTraining)
+        self.ui.trainingWarningsLabel.visible = False
 
         scene = slicer.mrmlScene
         self._sceneObservers = [scene.AddObserver(scene.StartCloseEvent, self.onSceneStartClose),
@@ -126,6 +141,8 @@ class RCSegNeXtWidget(ScriptedLoadableModuleWidget):
 
     def cleanup(self):
         self.cancelRun()
+        if self.training is not None and self.training.running:
+            self.training.cancel()  # its folder stays: logic's TrainingRunController.resume(runDir) continues it
         if self._probe is not None:
             self._probe.cancel()
         self._timer.stop()
@@ -160,6 +177,7 @@ class RCSegNeXtWidget(ScriptedLoadableModuleWidget):
         self.ui.deviceComboBox.setCurrentText(node.device)
         self.ui.modelPathLineEdit.currentPath = node.modelPath
         self.ui.datasetPathLineEdit.currentPath = node.datasetPath
+        self.ui.improveDatasetPathLineEdit.currentPath = node.trainingDatasetPath or node.datasetPath
         self._updateButtons()
 
     def _setParameter(self, name, value):
@@ -187,6 +205,14 @@ class RCSegNeXtWidget(ScriptedLoadableModuleWidget):
             self.ui.statusLabel.text = reason
         self.ui.compareButton.enabled = bool(p and p.referenceSegmentation and p.testSegmentation)
         self.ui.saveCaseButton.enabled = bool(p and p.inputVolume and p.outputSegmentation and p.datasetPath)
+        training = self.training is not None and self.training.running
+        finetune = self.ui.finetuneRadioButton.checked
+        self.ui.trainButton.enabled = bool(not training and self.ui.improveDatasetPathLineEdit.currentPath
+                                           and (p and p.modelPath or not finetune))
+        self.ui.trainButton.toolTip = "Select the model to fine-tune first" if finetune and not (p and p.modelPath) \
+            else ""
+        self.ui.cancelTrainingButton.enabled = training
+        self.ui.resumeTrainingButton.enabled = bool(self.training is not None and self.training.canResume)
 
     # -- device (probed in a child process: no torch, no CUDA context in Slicer's process) ----------------------
     def detectDevice(self):
@@ -328,7 +354,12 @@ class RCSegNeXtWidget(ScriptedLoadableModuleWidget):
             self._showReport(report)
             if not report.running:
                 self._onRunFinished(report)
-        if self._probe is None and not self.controller.running:
+        if self.training is not None and self.training.running:
+            report = self.training.poll()
+            self._showTrainingReport(report)
+            if not report.running:
+                self._onTrainingFinished(report)
+        if self._probe is None and not self.controller.running and not (self.training and self.training.running):
             self._timer.stop()
 
     def _showReport(self, report):
@@ -391,7 +422,6 @@ class RCSegNeXtWidget(ScriptedLoadableModuleWidget):
             self.ui.diceNoteLabel.text = table.geometry_note or f"Both rasterised on '{table.reference_volume}'."
 
     def onSaveCaseButton(self):
-        from RCSegNeXtLib.runner import find_python_slicer
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay("Could not save the training case.", waitCursor=True):
             caseId = self._withResampleConsent(lambda resample: self.logic.saveAsTrainingCase(
@@ -399,11 +429,73 @@ class RCSegNeXtWidget(ScriptedLoadableModuleWidget):
                 resample=resample))
             if caseId is None:
                 return
-            run = f"{find_python_slicer()} -m RCSegNeXtCore"
+            if not self.ui.improveDatasetPathLineEdit.currentPath:
+                self.ui.improveDatasetPathLineEdit.currentPath = p.datasetPath
+            self.showDatasetSummary(full=False)
             slicer.util.infoDisplay(
-                f"Saved case '{caseId}' in {p.datasetPath}.\n\nNext steps (in a terminal):\n"
-                f"  {run} check \"{p.datasetPath}\"\n  {run} train \"{p.datasetPath}\" -o RUN_FOLDER --fold all\n"
-                "then install RUN_FOLDER in the Models section.")
+                f"Saved case '{caseId}' in {p.datasetPath}.\n\nNext step: section 'Improve the model' trains on "
+                "the saved cases (fine-tuning the selected model, or from scratch).")
+
+    # -- improve the model (training subprocess, driven by logic.train / fineTune's TrainingRunController) -------
+    def _onTrainingDatasetChanged(self, path):
+        self._setParameter("trainingDatasetPath", path)
+        self.showDatasetSummary(full=False)
+
+    def showDatasetSummary(self, full):
+        path = self.ui.improveDatasetPathLineEdit.currentPath
+        with slicer.util.tryWithErrorDisplay("Cannot read the dataset folder.", waitCursor=full):
+            self.ui.datasetSummaryLabel.text = self.logic.datasetSummary(path, full=full).text if path else ""
+        self._updateButtons()
+
+    def onTrainButton(self):
+        p = self._parameterNode
+        dataset = self.ui.improveDatasetPathLineEdit.currentPath
+        gpu = self._deviceInfo.get("cuda") if self._deviceInfo and self._deviceInfo.get("torch") else None
+        options = dict(runsRoot=runsRoot(), device=p.device, gpuFound=gpu, onInstalled=self._onModelTrained,
+                       ask=slicer.util.confirmOkCancelDisplay, confirm=slicer.util.confirmOkCancelDisplay)
+        with slicer.util.tryWithErrorDisplay("Cannot start the training.", waitCursor=True):
+            if self.ui.finetuneRadioButton.checked:
+                run = self.logic.fineTune(dataset, p.modelPath, modelsRoot(), **options)
+            else:
+                run = self.logic.train(dataset, modelsRoot(), **options)
+            if run is not None:
+                self._startTraining(run)
+        self._updateButtons()
+
+    def onResumeTraining(self):
+        with slicer.util.tryWithErrorDisplay("Cannot resume the training.", waitCursor=True):
+            self.training.resume()
+            self._startTraining(self.training)
+        self._updateButtons()
+
+    def _startTraining(self, run):
+        self.training = run
+        self._showTrainingReport(run.report)
+        self._timer.start()
+
+    def onCancelTraining(self):
+        if self.training is not None and self.training.running:
+            self._onTrainingFinished(self.training.cancel())
+
+    def _showTrainingReport(self, report):
+        self.ui.trainingProgressBar.visible = report.running
+        self.ui.trainingProgressBar.value = int(100 * report.fraction)
+        self.ui.trainingStatusLabel.text = report.status
+        self.ui.trainingWarningsLabel.text = "\n".join(report.warnings)
+        self.ui.trainingWarningsLabel.visible = bool(report.warnings)
+
+    def _onTrainingFinished(self, report):
+        from RCSegNeXtLib.controller import FAILED
+        self._showTrainingReport(report)
+        if report.state == FAILED:
+            slicer.util.errorDisplay(f"Training failed. {report.status}", detailedText=report.message)
+        self._updateButtons()
+
+    def _onModelTrained(self, model):
+        """The finished run is installed: list it and make it the selected model."""
+        self.refreshModels()
+        self.ui.modelComboBox.setCurrentIndex(self.ui.modelComboBox.findData(str(model.path)))
+        self.ui.modelPathLineEdit.currentPath = str(model.path)
 
 
 class RCSegNeXtTest(ScriptedLoadableModuleTest):
@@ -418,6 +510,8 @@ class RCSegNeXtTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_SegmentAndCompare()
+        self.setUp()
+        self.test_ImproveTheModel()
 
     def _tinyModel(self, folder):
         from RCSegNeXtCore.planning import make_plans_from_values
@@ -448,6 +542,32 @@ class RCSegNeXtTest(ScriptedLoadableModuleTest):
             self.assertEqual(report.state, DONE, f"{report.status} {report.message}")
             same = logic.computeDice(seg, report.segmentation)  # identical: 1.0, or n/a (nan) where both are empty
             self.assertTrue(all(v == 1.0 or (v != v and dice[k] != dice[k]) for k, v in same.items()), same)
+            self.delayDisplay("Test passed")
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
+
+    def test_ImproveTheModel(self):
+        from RCSegNeXtCore.phantom import make_phantom_dataset
+        from RCSegNeXtLib.controller import DONE
+        from RCSegNeXtLib.models import list_models
+        self.delayDisplay("Train a tiny model on 4 phantom cases, then fine-tune it, through PythonSlicer")
+        temp = tempfile.mkdtemp(prefix="RCSegNeXtTest-")
+        try:
+            dataset = make_phantom_dataset(os.path.join(temp, "Dataset900_Test"), 4, seed=0, size="small",
+                                           progress=False)
+            models = os.path.join(temp, "models")
+            logic = RCSegNeXtLogic()
+            tiny = ["--iterations-per-epoch", "2", "--val-iterations", "1", "--num-workers", "0"]
+            run = logic.train(dataset, models, device="cpu", epochs=2, name="tiny", gpuFound=False,
+                              extraArgs=tiny + ["--base-channels", "4", "--patch-size", "16", "32", "32"])
+            report = run.wait(timeout=self.TIMEOUT_S, idle=slicer.app.processEvents)
+            self.assertEqual(report.state, DONE, f"{report.status} {report.message}")
+            tuned = logic.fineTune(dataset, report.model.path, models, device="cpu", epochs=1, name="tuned",
+                                   gpuFound=False, extraArgs=tiny)
+            report = tuned.wait(timeout=self.TIMEOUT_S, idle=slicer.app.processEvents)
+            self.assertEqual(report.state, DONE, f"{report.status} {report.message}")
+            installed = {m.name: m for m in list_models(models)}
+            self.assertEqual(installed["tuned"].parent, "tiny")
             self.delayDisplay("Test passed")
         finally:
             shutil.rmtree(temp, ignore_errors=True)

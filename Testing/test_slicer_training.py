@@ -8,7 +8,6 @@ import json
 import shutil
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,6 +140,11 @@ def test_train_cancel_resume_install_then_fine_tune(dataset, tmp_path):
     summary = logic.datasetSummary(dataset)
     assert summary.ok and summary.cases == 4 and summary.text == "4 training case(s); check: no problems."
 
+    declined = []  # the CPU-time warning is asked first; declining starts nothing
+    assert logic.train(dataset, models_root, device="cpu", gpuFound=False, python=sys.executable,
+                       confirm=lambda warning: declined.append(warning) or False) is None
+    assert "expect about" in declined[0] and not (tmp_path / "settings" / "RCSegNeXt" / "runs").exists()
+
     # from scratch: 3 epochs of 12 iterations, cancelled once the first epoch is checkpointed
     run = logic.train(dataset, models_root, device="cpu", epochs=3, name="rectal-v1", python=sys.executable,
                       extraArgs=[*TINY_PLAN, *TINY[2:], "--iterations-per-epoch", "12"], gpuFound=False,
@@ -205,6 +209,7 @@ def test_a_refused_dataset_reports_the_problem_and_keeps_the_run_folder(dataset,
     run.start(broken, device="cpu", epochs=1, name="broken", extra_args=[*TINY_PLAN, *TINY])
     report = run.wait(timeout=180)
     assert report.state == FAILED and report.message.startswith("training process ")
-    assert case_id in report.message and "7" in report.message, report.message
-    assert "Training failed" in report.status and run.canResume and (tmp_path / "runs" / "broken").is_dir()
+    assert f"case {case_id}: label values 7" in report.message, report.message
+    assert report.status.startswith(f"Training failed: case {case_id}: label values 7")
+    assert run.canResume and (tmp_path / "runs" / "broken").is_dir()
     assert list_models(tmp_path / "models") == []

@@ -296,31 +296,31 @@ class RCSegNeXtLogic:
         dataset, problems = scan_dataset(folder)
         return DatasetSummary(str(folder), len(dataset.cases), [str(p) for p in problems], False)
 
-    def train(self, datasetDir: str | os.PathLike, modelsRoot: str | os.PathLike, runsRoot=None,
-              device: str = "auto", epochs: Optional[int] = None, name: Optional[str] = None, wait: bool = False,
-              timeout: Optional[float] = None, extraArgs: Sequence[str] = (), python: Optional[str] = None,
-              onInstalled=None, ask: Optional[Callable[[str], bool]] = None, gpuFound: Optional[bool] = None):
+    def train(self, datasetDir: str | os.PathLike, modelsRoot: str | os.PathLike, **options):
         """Train a new model from scratch on `datasetDir` in a PythonSlicer subprocess; returns its
-        `TrainingRunController` (poll / wait / cancel / resume). The finished model is installed under `modelsRoot`
-        and passed to `onInstalled` (the panel selects it). `wait`: block until it ends (`timeout` s).
-        `gpuFound`: whether a CUDA GPU is there (None: asked of a short child process); without one the report
-        carries a warning with the estimated CPU time. `extraArgs`: further `train` options."""
-        return self._startTraining(datasetDir, "scratch", None, None, modelsRoot, runsRoot, device, epochs, name,
-                                   wait, timeout, extraArgs, python, onInstalled, ask, gpuFound)
+        `TrainingRunController` (poll / wait / cancel / resume), or None when `confirm` declined. Options:
+
+        - runsRoot (default: `runs` beside `modelsRoot`), name (of the run folder and the installed model), device
+          ("auto"), epochs (None: the core's default), extraArgs (further `train` options), python (PythonSlicer);
+        - onInstalled(model): the finished model, installed under `modelsRoot` (the panel selects it);
+        - wait, timeout: block until the run ends (cancelled after `timeout` s);
+        - gpuFound: whether a CUDA GPU is there (None: asked of a short child process). Without one the report
+          carries a warning with the estimated CPU time, and `confirm(warning)` is asked first (False: nothing
+          starts); ask(message) confirms a PyTorch download."""
+        return self._startTraining(datasetDir, modelsRoot, "scratch", None, None, **options)
 
     def fineTune(self, datasetDir: str | os.PathLike, parentModelDir: str | os.PathLike,
-                 modelsRoot: str | os.PathLike, fold=None, runsRoot=None, device: str = "auto",
-                 epochs: Optional[int] = None, name: Optional[str] = None, wait: bool = False,
-                 timeout: Optional[float] = None, extraArgs: Sequence[str] = (), python: Optional[str] = None,
-                 onInstalled=None, ask: Optional[Callable[[str], bool]] = None, gpuFound: Optional[bool] = None):
+                 modelsRoot: str | os.PathLike, fold=None, **options):
         """Fine-tune the model `parentModelDir` (its fold `fold`; default its only fold, else fold_all) on
         `datasetDir`: its plan is kept, its weights are the start, the schedule is shorter (the core's
-        FINETUNE_EPOCHS). Otherwise as `train`; the installed model records its parent."""
-        return self._startTraining(datasetDir, "finetune", parentModelDir, fold, modelsRoot, runsRoot, device,
-                                   epochs, name, wait, timeout, extraArgs, python, onInstalled, ask, gpuFound)
+        FINETUNE_EPOCHS). Options as `train`; the installed model records its parent."""
+        return self._startTraining(datasetDir, modelsRoot, "finetune", parentModelDir, fold, **options)
 
-    def _startTraining(self, datasetDir, mode, parentModelDir, fold, modelsRoot, runsRoot, device, epochs, name,
-                       wait, timeout, extraArgs, python, onInstalled, ask, gpuFound):
+    def _startTraining(self, datasetDir, modelsRoot, mode, parentModelDir, fold, runsRoot=None,
+                       device: str = "auto", epochs: Optional[int] = None, name: Optional[str] = None,
+                       extraArgs: Sequence[str] = (), python: Optional[str] = None, onInstalled=None,
+                       wait: bool = False, timeout: Optional[float] = None, gpuFound: Optional[bool] = None,
+                       confirm: Optional[Callable[[str], bool]] = None, ask: Optional[Callable[[str], bool]] = None):
         from RCSegNeXtLib import dependencies
         from RCSegNeXtLib.training_run import TrainingRunController, training_time_warning
         if self.trainingRun is not None and self.trainingRun.running:
@@ -334,6 +334,8 @@ class RCSegNeXtLogic:
             gpuFound = dependencies.probe_cuda(python)
         warning = training_time_warning(summary.cases, device, bool(gpuFound), mode, parentModelDir, epochs,
                                         extraArgs)
+        if warning and confirm is not None and not confirm(warning + "\n\nStart the training anyway?"):
+            return None
         run = TrainingRunController(modelsRoot, runsRoot, python=python, on_installed=onInstalled)
         run.start(datasetDir, mode, parentModelDir, fold, device, epochs, name, extraArgs,
                   warnings=[warning] if warning else [])

@@ -318,15 +318,19 @@ class TrainingRunController:
             report.status = f"Cancelled. The run folder is kept: Resume continues it {where}."
             return
         if event.returncode != 0:
+            lines = event.message.splitlines()
+            cause = lines[1].strip() if len(lines) > 1 else ""  # the child's error line comes first in the tail
             report.state, report.message = FAILED, event.message
-            report.status = f"Training failed. The run folder is kept: Resume continues it {where}."
+            report.status = (f"Training failed{': ' + cause if cause else ''}. The run folder is kept: after fixing "
+                             f"the cause, Resume continues it {where}.")
             return
         try:
             model = models.install_model(self.runDir, self.models_root, name=self._free_name(self.runDir.name),
                                          training_run=True)
         except (RCSegNeXtError, OSError, ValueError) as exc:
             report.state, report.status = FAILED, "Training finished, but the model could not be installed."
-            report.message = f"{exc}. The run folder {self.runDir} is a model folder: install it with 'Install folder...'"
+            report.message = (f"{exc}. The run folder {self.runDir} is a model folder: install it with 'Install "
+                              "folder...'")
             return
         report.state, report.fraction, report.model = DONE, 1.0, model
         report.status = f"Done: installed and selected model '{model.name}'."
