@@ -170,6 +170,7 @@ def test_train_cancel_resume_install_then_fine_tune(dataset, tmp_path):
     # installed (without the run's cache and resume state), with provenance, and selected
     [model] = list_models(models_root)
     assert model.name == "rectal-v1" and selected == [report.model] and report.model.path == model.path
+    assert report.status == "Done: installed and selected model 'rectal-v1'." and report.fraction == 1.0
     assert not (model.path / "preprocessed").exists() and not (model.path / "fold_all/checkpoint_latest.pt").exists()
     from RCSegNeXtCore.data.dataset import dataset_sha256, load_dataset
     training = model.provenance["training"]

@@ -333,9 +333,10 @@ class TrainingRunController:
                               "folder...'")
             return
         report.state, report.fraction, report.model = DONE, 1.0, model
-        report.status = f"Done: installed and selected model '{model.name}'."
+        report.status = f"Done: installed model '{model.name}'."
         if self.on_installed is not None:
             self.on_installed(model)
+            report.status = f"Done: installed and selected model '{model.name}'."
 
     def _free_name(self, name: str) -> str:
         """The run's name, or with _2, _3, ... when a model of that name is installed already."""
