@@ -11,9 +11,9 @@ A site segments -> corrects -> saves -> retrains. Simulated here on a fixed pool
 - Everything per training seed (`--seeds`); the case pool does not change with it.
 
 Schedules. From scratch: the demo's small CPU recipe (batch 2, patch [16, 64, 64], lr 0.05, 2/3 foreground patches
-placed anywhere in the patch) at width 4 (the demo: 8) for `--epochs` x `--iterations-per-epoch` iterations (16 x
-20), the paper's 100 x 250 scaled down. Fine-tuning: the shipped defaults scaled the same way: FINETUNE_EPOCHS / 100 of the scratch epochs (a
-quarter) and FINETUNE_LR / 0.01 of the scratch lr (a tenth), same iterations per epoch. `--long-factor F` adds arm
+placed anywhere in the patch) at width 4 (the demo: 8) for `--epochs` x `--iterations-per-epoch` iterations
+(16 x 20), the paper's 100 x 250 scaled down. Fine-tuning: the shipped defaults scaled the same way:
+FINETUNE_EPOCHS / 100 of the scratch epochs (a quarter) and FINETUNE_LR / 0.01 of the scratch lr (a tenth), same iterations per epoch. `--long-factor F` adds arm
 (a') fine-tuning F times longer (same lr, its own chain of models); 0 leaves it out. Every run after round 0 uses
 round 0's plans.json (fine-tuning must; the scratch runs are given it, so both arms train the same network on the
 same preprocessed cases, one shared cache).
@@ -119,7 +119,8 @@ def train_model(setup: Setup, dataset: Path, out: Path, cache: Path, seed: int, 
     seconds = time.perf_counter() - started
     epochs_log = json.loads((out / "fold_all" / "metrics.json").read_text(encoding="utf-8"))
     loop = sum(float(e.get("seconds", 0.0)) for e in epochs_log)   # the epochs alone (no plan, cache, export)
-    return {"seconds": round(seconds, 2), "loop_seconds": round(loop, 2), "epochs": epochs, "iterations": epochs * setup.iterations_per_epoch,
+    return {"seconds": round(seconds, 2), "loop_seconds": round(loop, 2), "epochs": epochs,
+            "iterations": epochs * setup.iterations_per_epoch,
             "lr": lr}
 
 
