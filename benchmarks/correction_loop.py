@@ -13,8 +13,8 @@ A site segments -> corrects -> saves -> retrains. Simulated here on a fixed pool
 Schedules. From scratch: the demo's small CPU recipe (batch 2, patch [16, 64, 64], lr 0.05, 2/3 foreground patches
 placed anywhere in the patch) at width 4 (the demo: 8) for `--epochs` x `--iterations-per-epoch` iterations
 (16 x 20), the paper's 100 x 250 scaled down. Fine-tuning: the shipped defaults scaled the same way:
-FINETUNE_EPOCHS / 100 of the scratch epochs (a quarter) and FINETUNE_LR / 0.01 of the scratch lr (a tenth), same iterations per epoch. `--long-factor F` adds arm
-(a') fine-tuning F times longer (same lr, its own chain of models); 0 leaves it out. Every run after round 0 uses
+FINETUNE_EPOCHS / 100 of the scratch epochs (a quarter) and FINETUNE_LR / 0.01 of the scratch lr (a tenth), same
+iterations per epoch. `--long-factor F` adds arm (a') fine-tuning F times longer (same lr, its own chain of models); 0 leaves it out. Every run after round 0 uses
 round 0's plans.json (fine-tuning must; the scratch runs are given it, so both arms train the same network on the
 same preprocessed cases, one shared cache).
 
