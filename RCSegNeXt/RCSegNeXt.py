@@ -47,6 +47,7 @@ class RCSegNeXtParameterNode:
     modelPath: str = ""
     device: str = "auto"
     tta: bool = False
+    reviewMap: bool = False  # also the uncertainty overlay and the case's review score
     datasetPath: str = ""
     trainingDatasetPath: str = ""  # 'Improve the model'; empty: the 'Save as training case' folder
 
@@ -329,7 +330,7 @@ class RCSegNeXtWidget(ScriptedLoadableModuleWidget):
                 self.detectDevice()  # torch was just installed: now the GPU can be probed
             self.ui.deviceInfoLabel.text = dependencies.describe_backend(backend, p.device)
             self._showReport(self.controller.start(p.inputVolume, p.modelPath, p.device, p.tta, output,
-                                                   backend=backend))
+                                                   backend=backend, uncertainty=p.reviewMap))
             self._timer.start()
         self._updateButtons()
 
@@ -376,6 +377,7 @@ class RCSegNeXtWidget(ScriptedLoadableModuleWidget):
             self._parameterNode.outputSegmentation = report.segmentation
             self._parameterNode.testSegmentation = report.segmentation
             slicer.util.setSliceViewerLayers(background=self.controller.lastVolume, fit=True)
+            self.logic.showReviewMap(self.controller.lastVolume, report.reviewMap)  # None: an old map is taken off
             self.ui.statusLabel.text = report.status + " " + RESEARCH_NOTICE
         elif report.state == FAILED:
             slicer.util.errorDisplay(f"Segmentation failed. {report.status}", detailedText=report.message)
@@ -537,9 +539,12 @@ class RCSegNeXtTest(ScriptedLoadableModuleTest):
             self.assertTrue(all(v == 1.0 or v != v for v in dice.values()))
             self.delayDisplay("Same through the PythonSlicer process")
             controller = RunController(logic)
-            controller.start(volume, model, device="cpu")
+            controller.start(volume, model, device="cpu", uncertainty=True)
             report = controller.wait(timeout=self.TIMEOUT_S, idle=slicer.app.processEvents)
             self.assertEqual(report.state, DONE, f"{report.status} {report.message}")
+            self.assertIsNotNone(report.reviewScore)  # the review map: on the volume's grid, shown over it
+            self.assertEqual(slicer.util.arrayFromVolume(report.reviewMap).shape, array.shape)
+            logic.showReviewMap(volume, report.reviewMap)
             same = logic.computeDice(seg, report.segmentation)  # identical: 1.0, or n/a (nan) where both are empty
             self.assertTrue(all(v == 1.0 or (v != v and dice[k] != dice[k]) for k, v in same.items()), same)
             self.delayDisplay("Test passed")

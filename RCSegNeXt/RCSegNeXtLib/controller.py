@@ -10,6 +10,10 @@ plane, far-off spacing), the child's log lines (to the Python console) and which
 - `outputForInput`: when the input volume changes, the output selection is kept only if it belongs to the new
   volume, else reset to "create new".
 
+With `uncertainty=True` the child also writes the review map (`predict --uncertainty`: CASE_uncertainty beside the
+label map in the temp folder); it is loaded as the volume node "<volume> review map" on the input's grid
+(`RCSegNeXtLogic.loadReviewMap`) and the per-case score goes on the segmentation node and into the report.
+
     controller = RunController(logic)
     controller.start(volumeNode, modelDir, device="auto")
     report = controller.poll()            # from a timer, until report.state != "running"
@@ -28,7 +32,7 @@ from typing import Callable, List, Optional
 from RCSegNeXtCore.errors import RCSegNeXtError
 
 from RCSegNeXtLib import ownership, runner as runner_module
-from RCSegNeXtLib.logic import model_labels
+from RCSegNeXtLib.logic import model_labels, review_score_text
 from RCSegNeXtLib.models import NO_MODEL_HINT
 
 _LOG = logging.getLogger("RCSegNeXt")
@@ -46,6 +50,8 @@ class RunReport:
     warnings: List[str] = field(default_factory=list)
     segmentation: object = None  # the segmentation node a finished run wrote
     message: str = ""            # details of a failure (stderr tail, exception text)
+    reviewMap: object = None     # the review-map volume node (a run with uncertainty=True)
+    reviewScore: Optional[float] = None  # its per-case score (higher = look closer)
 
     @property
     def running(self) -> bool:
@@ -133,9 +139,10 @@ class RunController:
         return self._runner is not None
 
     def start(self, volumeNode, modelDir: str, device: str = "auto", tta: bool = False, outputNode=None,
-              folds=None, backend: str = "auto") -> RunReport:
+              folds=None, backend: str = "auto", uncertainty: bool = False) -> RunReport:
         """Write the volume to a temp folder and start the child; raises (leaving nothing behind) when it cannot.
-        `backend`: what runs the network (auto | torch | openvino | onnxruntime, as `predict --backend`)."""
+        `backend`: what runs the network (auto | torch | openvino | onnxruntime, as `predict --backend`);
+        `uncertainty`: also the review map and the case's score (see the module docstring)."""
         if self.running:
             raise RCSegNeXtError("a segmentation is already running; cancel it first")
         problem = self.readiness(volumeNode, modelDir)
@@ -148,13 +155,14 @@ class RunController:
             output_path = temp / "labels.nrrd"
             command = runner_module.build_predict_command(self.python or runner_module.find_python_slicer(),
                                                           input_path, output_path, modelDir, device, tta, folds,
-                                                          backend=backend)
+                                                          backend=backend, uncertainty=uncertainty)
             run = runner_module.SubprocessRunner(command).start()
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
             raise
         self._runner, self._temp, self.lastVolume = run, temp, volumeNode
-        self._run = {"volume": volumeNode, "model": str(modelDir), "output_node": outputNode, "output": output_path}
+        self._run = {"volume": volumeNode, "model": str(modelDir), "output_node": outputNode, "output": output_path,
+                     "uncertainty": bool(uncertainty)}
         self._progress = ProgressText(self.clock, engine="" if backend == "auto" else backend)
         self.report = RunReport(RUNNING, 0.0, "Starting...")
         self.log(" ".join(command))
@@ -227,6 +235,8 @@ class RunController:
                 report.status = "Done: review and correct the segments in Segment Editor."
                 if report.warnings:
                     report.status = f"Done with {len(report.warnings)} warning(s): read them before using the result."
+                if report.reviewScore is not None:
+                    report.status += " " + review_score_text(report.reviewScore)
         except (RCSegNeXtError, OSError, ValueError, RuntimeError) as exc:
             report.state, report.status, report.message = FAILED, "Cannot load the result.", str(exc)
         finally:
@@ -244,4 +254,15 @@ class RunController:
             node = None  # the chosen output was deleted meanwhile: write a new segmentation instead
         if not os.path.isfile(run["output"]):
             raise RCSegNeXtError("the segmentation process ended without writing a result")
-        return self.logic.loadResult(volume, run["output"], run["model"], node, warningMessages=self.report.warnings)
+        segmentation = self.logic.loadResult(volume, run["output"], run["model"], node,
+                                             warningMessages=self.report.warnings)
+        if run.get("uncertainty"):
+            from RCSegNeXtCore.inference.export import uncertainty_path
+            self.report.segmentation = segmentation  # kept when the map below cannot be loaded
+            path = uncertainty_path(run["output"])
+            if not path.is_file():
+                raise RCSegNeXtError(f"the segmentation process ended without writing the review map {path.name}; "
+                                     "the segments were loaded: run again to get the map")
+            self.report.reviewMap = self.logic.loadReviewMap(volume, segmentation, path)  # score: its header
+            self.report.reviewScore = self.logic.lastReviewScore
+        return segmentation

@@ -157,3 +157,72 @@ def segment_mask(segmentationNode, segment_id: str, referenceVolumeNode) -> np.n
     """Boolean (z, y, x) mask of one segment rasterised on `referenceVolumeNode`'s grid (nearest neighbour)."""
     import slicer.util
     return slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segment_id, referenceVolumeNode) > 0
+
+
+# -- the review map (predict --uncertainty): a float volume on the input's grid, drawn over it ----------------------
+# Colour tables for values 0..1, first present wins: the Slicer application's file tables (blue = a little unsure,
+# red = as unsure as it gets); slicer-core without them has the built-in ReverseRainbow (purple to red).
+REVIEW_MAP_COLORS = ("vtkMRMLColorTableNodeFileColdToHotRainbow.txt", "vtkMRMLColorTableNodeFileInferno.txt",
+                     "vtkMRMLColorTableNodeReverseRainbow")
+REVIEW_MAP_THRESHOLD = 0.05  # below: not drawn, so the T2 stays readable where the model is sure
+REVIEW_MAP_OPACITY = 0.4     # of the foreground layer over the T2
+REVIEW_MAP_ATTRIBUTE = "RCSegNeXt.ReviewMap"  # on a review-map volume node: what it shows
+
+
+def review_map_color_id(scene) -> str:
+    """The first colour table of REVIEW_MAP_COLORS in `scene` ('' when none is)."""
+    return next((c for c in REVIEW_MAP_COLORS if scene.GetNodeByID(c) is not None), "")
+
+
+def map_to_volume(values: np.ndarray, volumeNode, name: str, mapNode=None):
+    """A float (z, y, x) map on `volumeNode`'s grid -> a scalar volume node with the volume's IJK->RAS and parent
+    transform (`mapNode` is updated in place when given, else a new node is put in the volume's study), displayed
+    as a review map: REVIEW_MAP_COLORS, window 0..1, values under REVIEW_MAP_THRESHOLD transparent."""
+    import slicer.util
+    import vtk
+    values = np.asarray(values, dtype=np.float32)
+    shape = tuple(slicer.util.arrayFromVolume(volumeNode).shape)
+    if values.shape != shape:
+        raise RCSegNeXtError(f"review map shape {values.shape} differs from volume '{volumeNode.GetName()}' shape "
+                             f"{shape}; the map must be on the input grid")
+    scene = volumeNode.GetScene()
+    created = mapNode is None
+    if created:
+        mapNode = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    mapNode.SetIJKToRASMatrix(matrix)
+    mapNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+    slicer.util.updateVolumeFromArray(mapNode, values)
+    mapNode.SetAttribute(REVIEW_MAP_ATTRIBUTE, "uncertainty: normalised entropy of the softmax, 0..1")
+    mapNode.CreateDefaultDisplayNodes()
+    display = mapNode.GetDisplayNode()
+    color = review_map_color_id(scene)
+    if color:
+        display.SetAndObserveColorNodeID(color)
+    display.SetAutoWindowLevel(False)
+    display.SetWindowLevelMinMax(0.0, 1.0)
+    display.SetAutoThreshold(False)
+    display.SetThreshold(REVIEW_MAP_THRESHOLD, 1.0)
+    display.SetApplyThreshold(True)
+    display.SetInterpolate(False)  # one colour per voxel: the map is read voxel by voxel
+    if created:
+        place_in_study(mapNode, volumeNode)
+    return mapNode
+
+
+def show_review_map(volumeNode, mapNode=None, opacity: float = REVIEW_MAP_OPACITY) -> None:
+    """Every slice view: `volumeNode` as background and `mapNode` as foreground at `opacity`. Without a map, a
+    review map left in the foreground by an earlier run is taken out (it would be read as this run's)."""
+    import slicer
+    scene = volumeNode.GetScene()
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+        composite = scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
+        composite.SetBackgroundVolumeID(volumeNode.GetID())
+        if mapNode is not None:
+            composite.SetForegroundVolumeID(mapNode.GetID())
+            composite.SetForegroundOpacity(opacity)
+            continue
+        shown = scene.GetNodeByID(composite.GetForegroundVolumeID() or "")
+        if isinstance(shown, slicer.vtkMRMLNode) and shown.GetAttribute(REVIEW_MAP_ATTRIBUTE) is not None:
+            composite.SetForegroundVolumeID(None)

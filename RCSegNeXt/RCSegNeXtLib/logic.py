@@ -8,6 +8,8 @@ runs (a GPU, or `backend="torch"`): on the CPU an inference engine runs the mode
     seg = logic.segment(volumeNode, "/path/to/model", device="auto", tta=False)   # backend="auto"
     logic.lastEngine                                         # e.g. 'openvino 2026.4.1 (CPU, f32, 2 threads)'
     logic.lastWarnings                                       # why the input may be far from the training data
+    seg = logic.segment(volumeNode, "/path/to/model", uncertainty=True)  # + the review map and the case's score
+    logic.lastReviewMap, seg.GetAttribute(REVIEW_SCORE_ATTRIBUTE)        # '<volume> review map', '0.231...'
     logic.computeDice(referenceSegmentationNode, seg)        # {"Rectum": 0.91, "Tumor": 0.78}
     logic.saveAsTrainingCase(volumeNode, seg, "/data/Dataset001_Rectal")
     logic.datasetSummary("/data/Dataset001_Rectal").text                 # '12 training cases; check: no problems'
@@ -39,6 +41,30 @@ from RCSegNeXtLib.compare import SegmentationComparison, compare_segmentations
 
 ProgressCallback = Callable[[str, int, int], None]  # (stage, done, total), as the core predictor
 WARNINGS_ATTRIBUTE = "RCSegNeXt.Warnings"  # on the segmentation node: the input warnings of the run that made it
+# on the segmentation node, from a run with the review map (the core's uncertainty.case_score; a worklist sorts by it)
+REVIEW_SCORE_ATTRIBUTE = "RCSegNeXt.UncertaintyScore"
+REVIEW_REGION_ATTRIBUTE = "RCSegNeXt.UncertaintyRegion"  # where it was taken: tumour | foreground | volume
+REVIEW_MAP_REFERENCE = "RCSegNeXt.ReviewMap"  # node reference: segmentation -> its review map (reused by a rerun)
+SCORE_HEADER_KEY, REGION_HEADER_KEY = "RCSegNeXt_UncertaintyScore", "RCSegNeXt_UncertaintyRegion"  # the core's
+
+
+def review_score_text(score: Optional[float]) -> str:
+    """The panel's line for a case's review score ('' without one)."""
+    return "" if score is None else f"Review score {score:.2f} (higher = look closer)."
+
+
+def read_review_score(path: str | os.PathLike) -> tuple:
+    """(score, region) from a review map's or label map's NRRD/MHA header (the core writes them there with
+    --uncertainty); (None, "") when the file has none (e.g. NIfTI)."""
+    import SimpleITK as sitk
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    keys = set(reader.GetMetaDataKeys())
+    if SCORE_HEADER_KEY not in keys:
+        return None, ""
+    region = reader.GetMetaData(REGION_HEADER_KEY) if REGION_HEADER_KEY in keys else ""
+    return float(reader.GetMetaData(SCORE_HEADER_KEY)), region
 
 
 def model_labels(modelDir: str | os.PathLike) -> Dict[str, int]:
@@ -97,15 +123,18 @@ class RCSegNeXtLogic:
     def __init__(self):
         self.lastWarnings: List[str] = []  # input warnings of the last `segment` / `loadResult`
         self.lastEngine = ""               # what ran the network in the last `segment`
+        self.lastReviewMap = None          # the review-map volume node of the last run that asked for one
+        self.lastReviewScore = None        # and its per-case score
         self.trainingRun = None            # the TrainingRunController of the last `train` / `fineTune`
 
     # -- segmentation ------------------------------------------------------------------------------------------
     def segment(self, volumeNode, modelDir: str | os.PathLike, device: str = "auto", tta: bool = False,
                 segmentationNode=None, progress: Optional[ProgressCallback] = None, folds=None,
-                backend: str = "auto"):
+                backend: str = "auto", uncertainty: bool = False):
         """Segment `volumeNode` in this process (blocks) and return the segmentation node with Rectum and Tumor.
         `backend` (auto | torch | openvino | onnxruntime) picks what runs the network, as `predict --backend`;
-        `lastEngine` then says which ran.
+        `lastEngine` then says which ran. `uncertainty`: also the review map (`addReviewMap`: `lastReviewMap`, the
+        score on the node), as `predict --uncertainty`.
 
         Warnings about the input (another slice plane than the model's, far-off spacing) land in `lastWarnings`,
         on the node (attribute `RCSegNeXt.Warnings`) and in the log (Slicer's Python console)."""
@@ -119,10 +148,15 @@ class RCSegNeXtLogic:
         logging.info("RCSegNeXt: %s", self.lastEngine)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # reported below, once, instead
-            prediction = predictor.predict(image, progress=progress, source=volumeNode.GetName())
-        return self.segmentationFromLabels(volumeNode, prediction.labels, predictor.labels, segmentationNode,
+            prediction = predictor.predict(image, progress=progress, source=volumeNode.GetName(),
+                                           uncertainty=uncertainty)
+        node = self.segmentationFromLabels(volumeNode, prediction.labels, predictor.labels, segmentationNode,
                                            prediction_geometry=prediction.geometry,
                                            warningMessages=prediction.warnings)
+        if uncertainty:
+            self.addReviewMap(volumeNode, node, prediction.uncertainty, prediction.geometry,
+                              prediction.uncertainty_score, prediction.uncertainty_region or "")
+        return node
 
     @staticmethod
     def checkOutputNode(volumeNode, segmentationNode) -> None:
@@ -153,6 +187,10 @@ class RCSegNeXtLogic:
                                               name=f"{volumeNode.GetName()} segmentation")
         self.lastWarnings = list(warningMessages)
         node.SetAttribute(WARNINGS_ATTRIBUTE, "\n".join(self.lastWarnings))
+        # a new result: an earlier run's score no longer describes it (addReviewMap sets this run's)
+        node.RemoveAttribute(REVIEW_SCORE_ATTRIBUTE)
+        node.RemoveAttribute(REVIEW_REGION_ATTRIBUTE)
+        self.lastReviewMap, self.lastReviewScore = None, None
         for message in self.lastWarnings:
             logging.warning("RCSegNeXt: %s", message)
         return node
@@ -169,6 +207,43 @@ class RCSegNeXtLogic:
         result: Image = read_image(resultPath)
         return self.segmentationFromLabels(volumeNode, result.array, model_labels(modelDir), segmentationNode,
                                            prediction_geometry=result.geometry, warningMessages=warningMessages)
+
+    def addReviewMap(self, volumeNode, segmentationNode, values: np.ndarray, geometry=None,
+                     score: Optional[float] = None, region: str = ""):
+        """The review map (float32 in [0, 1] on the volume's grid; geometry checked like the labels) as the volume
+        node "<volume> review map" (the one a rerun into `segmentationNode` made is updated instead), and its
+        per-case score on the segmentation node (REVIEW_SCORE_ATTRIBUTE, REVIEW_REGION_ATTRIBUTE)."""
+        if geometry is not None:
+            diffs = convert.volume_to_geometry(volumeNode).differences(geometry)
+            if diffs:
+                raise RCSegNeXtError(f"review map grid differs from volume '{volumeNode.GetName()}': "
+                                     + "; ".join(diffs) + ". This is a bug: please report it with the volume.")
+        previous = segmentationNode.GetNodeReference(REVIEW_MAP_REFERENCE)
+        if previous is not None and not previous.IsA("vtkMRMLScalarVolumeNode"):
+            previous = None
+        mapNode = convert.map_to_volume(values, volumeNode, f"{volumeNode.GetName()} review map", previous)
+        segmentationNode.SetNodeReferenceID(REVIEW_MAP_REFERENCE, mapNode.GetID())
+        if score is not None:
+            segmentationNode.SetAttribute(REVIEW_SCORE_ATTRIBUTE, f"{float(score):.6f}")
+            segmentationNode.SetAttribute(REVIEW_REGION_ATTRIBUTE, region or "")
+            mapNode.SetAttribute(REVIEW_SCORE_ATTRIBUTE, f"{float(score):.6f}")
+        self.lastReviewMap, self.lastReviewScore = mapNode, score
+        return mapNode
+
+    def loadReviewMap(self, volumeNode, segmentationNode, mapPath: str | os.PathLike,
+                      score: Optional[float] = None, region: str = ""):
+        """Read a review map written by `predict --uncertainty` (CASE_uncertainty<ext>) onto the volume (grid
+        checked) and record its score; without `score`, the one in the file's header."""
+        result: Image = read_image(mapPath, np.float32)
+        if score is None:
+            score, region = read_review_score(mapPath)
+        return self.addReviewMap(volumeNode, segmentationNode, result.array, result.geometry, score, region)
+
+    @staticmethod
+    def showReviewMap(volumeNode, mapNode=None) -> None:
+        """Slice views: the volume in the background, its review map over it (REVIEW_MAP_OPACITY); without a map,
+        a review map of an earlier run is taken out of the foreground."""
+        convert.show_review_map(volumeNode, mapNode)
 
     # -- comparison (Dice panel) -------------------------------------------------------------------------------
     def compareSegmentations(self, referenceSegmentationNode, testSegmentationNode,

@@ -156,15 +156,18 @@ def core_search_path() -> str:
 def build_predict_command(python: str, input_path: str | os.PathLike, output_path: str | os.PathLike,
                           model_dir: str | os.PathLike, device: str = "auto", tta: bool = False,
                           folds: Optional[Sequence[int]] = None, module: str = PREDICT_MODULE,
-                          backend: str = "auto") -> List[str]:
+                          backend: str = "auto", uncertainty: bool = False) -> List[str]:
     """`PythonSlicer -m RCSegNeXtCore predict -i IN -o OUT -m MODEL --device D --backend B [--tta] [--folds ..]
-    --progress-json`."""
+    [--uncertainty] --progress-json`. `uncertainty`: also the review map OUT's CASE_uncertainty file and the per-case
+    score in the "export" progress line."""
     command = [str(python), "-m", module, "predict", "-i", str(input_path), "-o", str(output_path), "-m", str(model_dir),
                "--device", str(device), "--backend", str(backend or "auto")]
     if tta:
         command.append("--tta")
     if folds:
         command += ["--folds", *[str(int(f)) for f in folds]]
+    if uncertainty:
+        command.append("--uncertainty")
     return command + ["--progress-json"]
 
 
