@@ -207,3 +207,23 @@ def test_subprocess_run_with_the_box_on_and_off(scene, logic, tiny_model, phanto
     assert report.reviewMap is None and report.reviewScore is None and "Review score" not in report.status
     assert len(review_maps(scene)) == before
     assert report.segmentation.GetAttribute(REVIEW_SCORE_ATTRIBUTE) is None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="a POSIX shell script stands in for PythonSlicer")
+def test_a_child_that_writes_no_review_map_is_reported(scene, logic, tiny_model, tmp_path):
+    """A child that ignores --uncertainty (e.g. an older core): the segments are loaded and kept in the report, the
+    run is reported failed with the missing file named, and no map node is made."""
+    from RCSegNeXtLib.controller import FAILED, RunController
+    older = tmp_path / "older-python"
+    older.write_text("#!/bin/sh\nfor a; do shift; [ \"$a\" = --uncertainty ] || set -- \"$@\" \"$a\"; done\n"
+                     f"exec {sys.executable} \"$@\"\n", encoding="utf-8")
+    older.chmod(0o755)
+    volume = su.addVolumeFromArray(np.random.default_rng(1).normal(300, 40, (8, 24, 24)).astype(np.float32),
+                                   np.diag([1.0, 1.0, 4.0, 1.0]), name="older child")
+    before = len(review_maps(scene))
+    controller = RunController(logic, python=str(older), log=lambda line: None)
+    controller.start(volume, tiny_model, device="cpu", uncertainty=True)
+    report = controller.wait(timeout=120)
+    assert report.state == FAILED and "without writing the review map labels_uncertainty.nrrd" in report.message
+    assert report.segmentation is not None and report.reviewMap is None and len(review_maps(scene)) == before
