@@ -29,7 +29,7 @@ import re
 import warnings
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -53,7 +53,7 @@ def review_score_text(score: Optional[float]) -> str:
     return "" if score is None else f"Review score {score:.2f} (higher = look closer)."
 
 
-def read_review_score(path: str | os.PathLike) -> tuple:
+def read_review_score(path: str | os.PathLike) -> Tuple[Optional[float], str]:
     """(score, region) from a review map's or label map's NRRD/MHA header (the core writes them there with
     --uncertainty); (None, "") when the file has none (e.g. NIfTI)."""
     import SimpleITK as sitk
