@@ -1,17 +1,23 @@
-"""The reference environment of the parity benchmarks: a virtual environment of its own with nnunetv2 2.1.2 and
-batchgenerators 0.25.5 (what nnunetv2 2.1.2 installs; the official RCSegNeXt trainer's v1 transforms), torch pinned to
+"""The reference environments of the parity benchmarks, each a virtual environment of its own with torch pinned to
 the version of the environment that runs this (a constraints file: unpinned, pip would pull a 6 GB CUDA build of a
-newer torch), and this repository's core installed editable. batchgenerators and nnunetv2 stay out of the runtime
-and test dependencies.
+newer torch) and this repository's core installed editable; nnunetv2 and batchgenerators stay out of the runtime and
+test dependencies.
+
+- "2.1.2" (benchmarks/.parity-env/): nnunetv2 2.1.2 and batchgenerators 0.25.5 (what nnunetv2 2.1.2 installs; the
+  official RCSegNeXt trainer's v1 transforms): the pipeline the paper's numbers come from. Every part runs here.
+- "latest" (benchmarks/.parity-env-latest/): the newest nnunetv2 release on PyPI (pinned below), for the inference
+  check against nnUNetPredictor as shipped today (2.1.2's predictor has two numerical defects later releases fixed;
+  docs/nnunet_parity.md).
 
     from benchmarks.parity import environment
-    python = environment.ensure()          # created once in benchmarks/.parity-env/ (git-ignored; ~2 GB, minutes)
+    python = environment.ensure()                    # created once (git-ignored; ~2 GB, minutes)
+    python = environment.ensure(reference="latest")
     result = environment.run("benchmarks.parity.augmentation", ["--draws", "10000"])   # its --json output, parsed
 
-`RCSEGNEXT_PARITY_ENV=/path/to/venv` (or `ensure(env_dir=...)`) uses another folder; an existing environment is
-reused when its record (parity-env.json: the pinned packages and torch) matches.
+`RCSEGNEXT_PARITY_ENV` / `RCSEGNEXT_PARITY_ENV_LATEST=/path/to/venv` (or `ensure(folder=...)`) use other folders;
+an existing environment is reused when its record (parity-env.json: the pinned packages and torch) matches.
 
-    python -m benchmarks.parity.environment           # create / check it and print its python
+    python -m benchmarks.parity.environment [--reference latest]   # create / check one and print its python
 """
 from __future__ import annotations
 
@@ -26,7 +32,12 @@ from typing import Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DIR = REPO / "benchmarks" / ".parity-env"
-PACKAGES = ["nnunetv2==2.1.2", "batchgenerators==0.25.5"]
+# reference -> (default folder, environment variable naming another, pinned packages)
+REFERENCES = {
+    "2.1.2": (DEFAULT_DIR, "RCSEGNEXT_PARITY_ENV", ["nnunetv2==2.1.2", "batchgenerators==0.25.5"]),
+    "latest": (REPO / "benchmarks" / ".parity-env-latest", "RCSEGNEXT_PARITY_ENV_LATEST", ["nnunetv2==2.8.1"]),
+}
+PACKAGES = REFERENCES["2.1.2"][2]
 RECORD = "parity-env.json"
 
 
@@ -35,16 +46,17 @@ def torch_version() -> str:
     return metadata.version("torch").split("+")[0]
 
 
-def env_dir() -> Path:
-    return Path(os.environ.get("RCSEGNEXT_PARITY_ENV") or DEFAULT_DIR)
+def env_dir(reference: str = "2.1.2") -> Path:
+    folder, variable, _ = REFERENCES[reference]
+    return Path(os.environ.get(variable) or folder)
 
 
 def python_of(folder: Path) -> Path:
     return folder / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-def wanted() -> Dict[str, object]:
-    return {"packages": PACKAGES, "torch": torch_version(), "core": str(REPO)}
+def wanted(reference: str = "2.1.2") -> Dict[str, object]:
+    return {"packages": REFERENCES[reference][2], "torch": torch_version(), "core": str(REPO)}
 
 
 def _pip(python: Path, args: Sequence[str], log) -> None:
@@ -53,22 +65,23 @@ def _pip(python: Path, args: Sequence[str], log) -> None:
     subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
 
 
-def ensure(folder: Optional[Path] = None, log=sys.stderr) -> Path:
+def ensure(folder: Optional[Path] = None, log=sys.stderr, reference: str = "2.1.2") -> Path:
     """The reference environment's python, creating the environment first when it is missing or stale."""
-    folder = Path(folder) if folder else env_dir()
+    folder = Path(folder) if folder else env_dir(reference)
     python = python_of(folder)
     record = folder / RECORD
-    if python.is_file() and record.is_file() and json.loads(record.read_text()) == wanted():
+    packages = REFERENCES[reference][2]
+    if python.is_file() and record.is_file() and json.loads(record.read_text()) == wanted(reference):
         return python
-    print(f"creating the parity environment in {folder} (nnunetv2 2.1.2, batchgenerators 0.25.5, torch "
-          f"{torch_version()}; once, a few minutes)", file=log, flush=True)
+    print(f"creating the parity environment in {folder} ({', '.join(packages)}, torch {torch_version()}; once, a "
+          "few minutes)", file=log, flush=True)
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(folder)], check=True)
     constraints = folder / "constraints.txt"
     constraints.write_text(f"torch=={torch_version()}\n")
     _pip(python, [f"torch=={torch_version()}"], log)
-    _pip(python, ["-c", str(constraints), *PACKAGES], log)
+    _pip(python, ["-c", str(constraints), *packages], log)
     _pip(python, ["-c", str(constraints), "-e", str(REPO)], log)
-    record.write_text(json.dumps(wanted(), indent=1))
+    record.write_text(json.dumps(wanted(reference), indent=1))
     return python
 
 
@@ -96,9 +109,11 @@ def run(module: str, args: Sequence[str] = (), python: Optional[Path] = None, ti
 def main(argv: Optional[List[str]] = None) -> int:
     import argparse
     parser = argparse.ArgumentParser(description="create / check the parity environment")
-    parser.add_argument("--env", type=Path, default=None, help=f"its folder (default {DEFAULT_DIR})")
+    parser.add_argument("--reference", choices=list(REFERENCES), default="2.1.2")
+    parser.add_argument("--env", type=Path, default=None, help="its folder (default: the reference's, "
+                        f"{', '.join(str(v[0]) for v in REFERENCES.values())})")
     args = parser.parse_args(argv)
-    python = ensure(args.env)
+    python = ensure(args.env, reference=args.reference)
     print(python)
     print(json.dumps(installed(python)))
     return 0

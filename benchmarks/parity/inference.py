@@ -8,10 +8,12 @@ thick axis last, predicted with the same weights and the plan's transpose for th
 
     python -m benchmarks.parity.inference --json OUT.json [--cases 3] [--model DIR] [--work DIR]
 
-nnU-Net runs twice: as shipped, and with its sliding-window sums in float32 and its export's spacing transposed
-(`nnunet_float32`; the algorithm unchanged), which separates our differences from its float16 rounding and its
-2.1.2 export bug. Weights: `--model DIR` (a model folder), else a small RCSegNeXt (base width 8, patch [8, 32, 32]:
-max / patch[0] = 4 > 3, 300 iterations without augmentation, 0.5-1.5 CPU minutes) trained by our trainer on the
+In the environment of nnunetv2 2.1.x, nnU-Net runs three times: as shipped; with its export's spacing transposed
+(as later releases pass it); and with that and its sliding-window sums and Gaussian in float32 (`nnunet_patched`; the
+algorithm unchanged): this separates our differences from its 2.1.2 export bug and its float16 rounding. With a later
+nnunetv2 (the "latest" environment) it runs as shipped only. Weights: `--model DIR` (a model folder), else a small
+RCSegNeXt (base width 8, patch [8, 32, 32]: max / patch[0] = 4 > 3, 1,200 iterations without augmentation, 2-4 CPU
+minutes: 300 left 2.1.2's float16 rounding flipping 0.2 % of the rectum's voxels) trained by our trainer on the
 "aniso" set. Everything runs on 1 torch thread per process (on a shared 2-core machine 2 OpenMP threads made a
 training step 12x slower).
 """
@@ -39,32 +41,41 @@ from benchmarks.parity.preprocessing import dataset_folder_name, finish, nnunet_
 
 CONFIGURATION = "3d_fullres"
 SHAPE = (8, 48, 48)           # voxels of a case (z, y, x as the "aniso" set stores it): 2 x 2 tiles in-plane
-TRAINING = dict(patch_size=[8, 32, 32], base_channels=8, batch_size=2, lr=0.05, epochs=30, iterations_per_epoch=10,
+TRAINING = dict(patch_size=[8, 32, 32], base_channels=8, batch_size=2, lr=0.05, epochs=120, iterations_per_epoch=10,
                 val_iterations=2, augment=False, oversample_foreground=0.67, oversample_rule="random", jitter_foreground=True)
 NORMALIZATION = {"zscore": "ZScoreNormalization", "ct": "CTNormalization", "none": "NoNormalization",
                  "noNorm": "NoNormalization"}
 # (name, our predict options): each compared with nnU-Net's labels
-# nnU-Net as shipped, and with float32 sums + the export's spacing transposed (nnunet_float32)
-NNUNET_VARIANTS = [("nnunet", False), ("nnunet_f32", True)]
+# nnU-Net as shipped; for 2.1.x also with only its export's spacing transposed (the fix later releases carry) and
+# with float32 sums as well (nnunet_patched): the two causes of a difference, one at a time
+NNUNET_VARIANTS_2_1 = [("nnunet", ()), ("nnunet_export_fixed", ("export",)), ("nnunet_f32", ("export", "float32"))]
+
+
+def nnunet_variants() -> List:
+    """The nnU-Net runs for the installed release: the 2.1.2 patches only make sense on 2.1.x."""
+    from importlib import metadata
+    return NNUNET_VARIANTS_2_1 if metadata.version("nnunetv2").startswith("2.1.") else NNUNET_VARIANTS_2_1[:1]
 RUNS = [("nnunet_tiles_tta", ["--tile-overlap", "0.5", "--tta"]),
         ("default_tiles_tta", ["--tta"]),
         ("default", [])]
 
 
 # -- the weights -----------------------------------------------------------------------------------------------------
-def train_model(raw: Path, out: Path, seconds: Optional[float], threads: int, seed: int = 0) -> Dict[str, Any]:
-    """A small RCSegNeXt trained by our trainer on every case of `raw` (fold_all): TRAINING's 300 iterations (0.5-1.5
+def train_model(raw: Path, out: Path, seconds: Optional[float], threads: int, seed: int = 0,
+                epochs: Optional[int] = None) -> Dict[str, Any]:
+    """A small RCSegNeXt trained by our trainer on every case of `raw` (fold_all): TRAINING's 1,200 iterations (2-4
     CPU minutes), fewer when `seconds` runs out."""
     import torch
     from RCSegNeXtCore.training.config import TrainingConfig
     from RCSegNeXtCore.training.pipeline import train
     torch.set_num_threads(threads)
+    settings = dict(TRAINING, epochs=epochs or TRAINING["epochs"])
     config = TrainingConfig(dataset=str(raw), output=str(out), folds=["all"], device="cpu", seed=seed,
                             threads=threads, num_workers=1, progress=False, check_memory=False, validate=False,
-                            max_seconds=seconds, **TRAINING)
+                            max_seconds=seconds, **settings)
     start = time.perf_counter()
     train(config)
-    return {"trained_s": round(time.perf_counter() - start, 1), "settings": TRAINING, "max_seconds": seconds}
+    return {"trained_s": round(time.perf_counter() - start, 1), "settings": settings, "max_seconds": seconds}
 
 
 # -- nnU-Net's side ----------------------------------------------------------------------------------------------
@@ -129,9 +140,11 @@ def nnunet_predictor(model: Path, threads: int):
     network = folder.load_networks(folds[:1], "final", "cpu")[0]
     parameters = [n.state_dict() for n in folder.load_networks(folds, "final", "cpu")]
     manager = PlansManager(nnunet_plans_from_ours(plans))
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
-                                perform_everything_on_gpu=False, device=torch.device("cpu"), verbose=False,
-                                allow_tqdm=False)
+    import inspect
+    on_device = "perform_everything_on_device" if "perform_everything_on_device" in \
+        inspect.signature(nnUNetPredictor.__init__).parameters else "perform_everything_on_gpu"   # renamed in 2.2
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True, device=torch.device("cpu"),
+                                verbose=False, allow_tqdm=False, **{on_device: False})
     predictor.manual_initialization(network, manager, manager.get_configuration(CONFIGURATION), parameters,
                                     nnunet_dataset_json(plans), "nnUNetTrainerRCSegNeXt",
                                     tuple(int(a) for a in plans.mirror_axes))
@@ -163,10 +176,11 @@ class _Float32Buffers:
 
 
 @contextlib.contextmanager
-def nnunet_float32():
-    """nnUNetPredictor 2.1.2 with its sliding-window sums and Gaussian in float32 (it keeps them in float16, the
-    Gaussian cast BEFORE its x1000 scaling, so weights below 6e-5 are subnormal: tile borders get coarse weights)
-    and the export's spacing transposed (export_with_transposed_spacing). The algorithm is unchanged."""
+def nnunet_patched(patches=("export", "float32")):
+    """nnUNetPredictor 2.1.2 with "float32": its sliding-window sums and Gaussian in float32 (it keeps them in
+    float16, the Gaussian cast BEFORE its x1000 scaling, so weights below 6e-5 are subnormal: tile borders get coarse
+    weights); "export": the export's spacing transposed (export_with_transposed_spacing). The algorithm is
+    unchanged."""
     import torch
     from nnunetv2.inference import predict_from_raw_data as module
     from nnunetv2.inference.sliding_window_prediction import compute_gaussian
@@ -175,17 +189,19 @@ def nnunet_float32():
     def gaussian(tile_size, sigma_scale=1. / 8, value_scaling_factor=1, dtype=torch.float16, device=None):
         return compute_gaussian(tile_size, sigma_scale, value_scaling_factor, torch.float32, device)
     saved = module.torch, module.compute_gaussian, module.export_prediction_from_logits
-    module.torch, module.compute_gaussian = _Float32Buffers(), gaussian
-    module.export_prediction_from_logits = export_with_transposed_spacing
+    if "float32" in patches:
+        module.torch, module.compute_gaussian = _Float32Buffers(), gaussian
+    if "export" in patches:
+        module.export_prediction_from_logits = export_with_transposed_spacing
     try:
         yield
     finally:
         module.torch, module.compute_gaussian, module.export_prediction_from_logits = saved
 
 
-def predict_nnunet(predictor, images: Path, out: Path, float32: bool = False) -> float:
+def predict_nnunet(predictor, images: Path, out: Path, patches=()) -> float:
     start = time.perf_counter()
-    with nnunet_float32() if float32 else contextlib.nullcontext():
+    with nnunet_patched(patches):
         predictor.predict_from_files(str(images), str(out), save_probabilities=False, overwrite=True,
                                      num_processes_preprocessing=1, num_processes_segmentation_export=1)
     return time.perf_counter() - start
@@ -294,17 +310,20 @@ def cross_set(pred: Path, ids: List[str], run_name: str) -> Dict[str, Any]:
 
 
 def run(num_cases: int, train_cases: int, seed: int, model: Optional[Path], train_seconds: float, threads: int,
-        work: Path) -> Dict[str, Any]:
+        work: Path, epochs: Optional[int] = None) -> Dict[str, Any]:
     folders = nnunet_folders(work)            # before nnunetv2 is imported
     os.environ["nnUNet_def_n_proc"] = str(threads)   # its export's torch threads (default 8)
     raws = {name: phantom_sets.write_set(name, folders["nnUNet_raw"] / dataset_folder_name(name),
                                          max(num_cases, train_cases), seed, SHAPE)
             for name in phantom_sets.SETS}
+    from importlib import metadata
+    variants = nnunet_variants()
     result: Dict[str, Any] = {"cases_per_set": num_cases, "shape": list(SHAPE), "sets": {}, "seconds": {},
-                              "cross_set": {}}
+                              "cross_set": {}, "nnunetv2": metadata.version("nnunetv2"),
+                              "nnunet_variants": [v for v, _ in variants]}
     if model is None:
         model = work / "model"
-        result["training"] = train_model(raws["aniso"], model, train_seconds, threads, seed)
+        result["training"] = train_model(raws["aniso"], model, train_seconds, threads, seed, epochs)
         result["training"]["cases"] = train_cases
     result["model"] = str(model)
     models = {"aniso": model, "thick_last": thick_last_model(model, work / "model_thick_last")}
@@ -319,8 +338,8 @@ def run(num_cases: int, train_cases: int, seed: int, model: Optional[Path], trai
         predictor, info = nnunet_predictor(models[name], threads)
         result["nnunet_predictor"] = {k: v for k, v in info.items() if k != "plans_nnunet"}
         result.setdefault("transpose_forward", {})[name] = info["plans_nnunet"]["transpose_forward"]
-        for variant, float32 in NNUNET_VARIANTS:
-            seconds = predict_nnunet(predictor, images, work / "pred" / name / variant, float32)
+        for variant, patches in variants:
+            seconds = predict_nnunet(predictor, images, work / "pred" / name / variant, patches)
             result["seconds"][f"{variant}_{name}"] = round(seconds, 1)
         del predictor
         sets = result["sets"].setdefault(name, {})
@@ -328,11 +347,11 @@ def run(num_cases: int, train_cases: int, seed: int, model: Optional[Path], trai
             mine = work / "pred" / name / run_name
             seconds = predict_ours(models[name], images, mine, options, threads)
             result["seconds"][f"ours_{run_name}_{name}"] = round(seconds, 1)
-            for variant, _ in NNUNET_VARIANTS:
+            for variant, _ in variants:
                 key = f"{run_name}_vs_{variant}"
                 sets[key] = compare_folders(work / "pred" / name / variant, mine, ids, classes)
                 print_table(f"{name}: {variant} vs ours {' '.join(options) or '(defaults)'}", sets[key])
-    for run_name in [v for v, _ in NNUNET_VARIANTS] + [r for r, _ in RUNS]:
+    for run_name in [v for v, _ in variants] + [r for r, _ in RUNS]:
         result["cross_set"][run_name] = cross_set(work / "pred", ids, run_name)
     print(f"\nthick_last (transposed back) vs aniso, per pipeline: {result['cross_set']}", file=sys.stderr)
     for key in result["sets"]["aniso"]:
@@ -354,7 +373,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", type=Path, default=None, help="a model folder (default: train a small one)")
     parser.add_argument("--train-seconds", type=float, default=None,
-                        help="cap on the training time (default: none; 300 iterations)")
+                        help="cap on the training time (default: none; 1,200 iterations)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help=f"epochs of {TRAINING['iterations_per_epoch']} iterations (default {TRAINING['epochs']})")
     parser.add_argument("--work", type=Path, default=None, help="keep the work folder here (default: temporary)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each pipeline (default 1: on a "
                         "shared machine 2 OpenMP threads ran a training step 12x slower than 1)")
@@ -362,11 +383,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.work:
         args.work.mkdir(parents=True)
-        result = run(args.cases, args.train_cases, args.seed, args.model, args.train_seconds, args.threads, args.work)
+        result = run(args.cases, args.train_cases, args.seed, args.model, args.train_seconds, args.threads, args.work,
+                     args.epochs)
     else:
         with tempfile.TemporaryDirectory(prefix="rcsegnext-parity-inf-") as tmp:
             result = run(args.cases, args.train_cases, args.seed, args.model, args.train_seconds, args.threads,
-                         Path(tmp))
+                         Path(tmp), args.epochs)
     return finish(result, lambda key: "_vs_" in key or key == "cross_set", args.json)
 
 
