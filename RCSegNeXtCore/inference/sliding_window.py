@@ -324,7 +324,8 @@ def _accumulate(backends, layout: Layout, combos, num_classes: int, step: int, p
             if members:
                 np.multiply(buffers.mean_p[i], weight, out=buffers.weighted)
                 sum_p[(slice(None), *t)] += buffers.weighted
-                sum_h[t] += buffers.mean_h[i] * weight
+                np.multiply(buffers.mean_h[i], weight, out=buffers.weighted[0])
+                sum_h[t] += buffers.weighted[0]
     np.maximum(weights, 1e-12, out=weights)
     summed /= weights
     summed = np.ascontiguousarray(summed[(slice(None), *layout.region)])
