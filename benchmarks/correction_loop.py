@@ -14,11 +14,12 @@ Schedules. From scratch: the demo's small CPU recipe (batch 2, patch [16, 64, 64
 placed anywhere in the patch) at width 4 (the demo: 8) for `--epochs` x `--iterations-per-epoch` iterations
 (16 x 20), the paper's 100 x 250 scaled down. Fine-tuning: the shipped defaults scaled the same way:
 FINETUNE_EPOCHS / 100 of the scratch epochs (a quarter) and FINETUNE_LR / 0.01 of the scratch lr (a tenth), same
-iterations per epoch. `--long-factor F` adds arm (a') fine-tuning F times longer (same lr, its own chain of models); 0 leaves it out. Every run after round 0 uses
-round 0's plans.json (fine-tuning must; the scratch runs are given it, so both arms train the same network on the
-same preprocessed cases, one shared cache).
+iterations per epoch. `--long-factor F` adds arm (a') fine-tuning F times longer (same lr, its own chain of
+models); 0 leaves it out. Every run after round 0 uses round 0's plans.json (fine-tuning must; the scratch runs
+are given it, so both arms train the same network on the same preprocessed cases, one shared cache).
 
-Output: progress on stderr, one JSON line on stdout (`--json PATH` also writes it). `--quick`: a tiny smoke variant
+Output: progress and, at the end, the Markdown tables on stderr; one JSON line on stdout (`--json PATH` also writes
+it; `--tables PATH` prints the tables of such a file again). `--quick`: a tiny smoke variant
 (tiny phantoms, width 4, a few iterations) for the test, under a minute; its figures mean nothing.
 
     python benchmarks/correction_loop.py --json /tmp/correction_loop.json          # ~25 min on 2 CPU cores
@@ -219,7 +220,8 @@ def summarise(per_seed: Dict[int, List[Dict]], arms: List[str]) -> List[Dict]:
         for arm in first["arms"]:
             runs = [per_seed[s][index]["arms"][arm] for s in seeds]
             summary = {"seconds_mean": round(statistics.fmean(r["seconds"] for r in runs), 1),
-                       "seconds": [r["seconds"] for r in runs], "iterations": runs[0]["iterations"]}
+                       "seconds": [r["seconds"] for r in runs], "iterations": runs[0]["iterations"],
+                       "loop_seconds_mean": round(statistics.fmean(r["loop_seconds"] for r in runs), 1)}
             for part in ("held_out", "before_correction"):
                 if part in runs[0]:
                     summary[part] = {cls: {"mean": _mean([r[part][cls] for r in runs]),
@@ -232,7 +234,8 @@ def summarise(per_seed: Dict[int, List[Dict]], arms: List[str]) -> List[Dict]:
                 if arm == "scratch":
                     continue
                 ft = entry["arms"][arm]
-                verdict = {"time_ratio": round(ft["seconds_mean"] / scratch["seconds_mean"], 3)}
+                verdict = {"time_ratio": round(ft["seconds_mean"] / scratch["seconds_mean"], 3),
+                           "loop_time_ratio": round(ft["loop_seconds_mean"] / scratch["loop_seconds_mean"], 3)}
                 for cls in CLASSES:
                     a, b = ft["held_out"][cls], scratch["held_out"][cls]
                     spread = max(_spread(a["seeds"]), _spread(b["seeds"]))
@@ -246,6 +249,40 @@ def summarise(per_seed: Dict[int, List[Dict]], arms: List[str]) -> List[Dict]:
 def _spread(values) -> float:
     finite = [v for v in values if math.isfinite(v)]
     return max(finite) - min(finite) if finite else float("nan")
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.1f}"
+
+
+def tables(result: Dict) -> str:
+    """The result as Markdown: per round and arm the Dice (%) means and each seed, wall seconds; the verdicts
+    (recomputed from the per-seed records)."""
+    seeds = result["seeds"]
+    rounds = summarise({int(s): r for s, r in result["per_seed"].items()}, list(result["schedules"]))
+    lines = ["| round | cases | arm | iterations | held-out rectum | held-out tumour | before correction rectum / "
+             "tumour | wall s (" + ", ".join(f"seed {s}" for s in seeds) + ") |", "|---|---:|---|---:|---|---|---|---|"]
+    for entry in rounds:
+        for arm, a in entry["arms"].items():
+            cells = []
+            for cls in CLASSES:
+                d = a["held_out"][cls]
+                cells.append(f"**{_pct(d['mean'])}** ({' / '.join(_pct(v) for v in d['seeds'])})")
+            before = a.get("before_correction")
+            before_cell = "" if before is None else \
+                f"{_pct(before['rectum']['mean'])} / {_pct(before['tumour']['mean'])}"
+            lines.append(f"| {entry['round']} | {entry['cases']} | {arm} | {a['iterations']} | {cells[0]} | "
+                         f"{cells[1]} | {before_cell} | {a['seconds_mean']:.0f} "
+                         f"({', '.join(f'{s:.0f}' for s in a['seconds'])}) |")
+    lines += ["", "| round | fine-tune arm | time ratio to scratch: wall (epochs only) | rectum diff (spread) | "
+              "reached | tumour diff (spread) | reached |", "|---|---|---|---|---|---|---|"]
+    for entry in rounds:
+        for arm, v in entry.get("verdict", {}).items():
+            cells = [f"{100 * v[c]['difference']:+.1f} ({100 * v[c]['spread']:.1f}) | "
+                     f"{'yes' if v[c]['reached'] else 'no'}" for c in CLASSES]
+            lines.append(f"| {entry['round']} | {arm} | {v['time_ratio']:.2f} ({v['loop_time_ratio']:.2f}) | "
+                         f"{cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
 
 
 def versions() -> Dict[str, str]:
@@ -272,7 +309,11 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", default=None, help="work folder, kept (default: a temporary one, removed)")
     parser.add_argument("--json", default=None, help="also write the JSON result to this file")
+    parser.add_argument("--tables", default=None, metavar="JSON", help="only print the tables of a result file")
     args = parser.parse_args(argv)
+    if args.tables:
+        print(tables(json.loads(Path(args.tables).read_text(encoding="utf-8"))))
+        return 0
     import dataclasses
     setup = dataclasses.replace(QUICK if args.quick else FULL)
     if args.epochs:
@@ -310,6 +351,7 @@ def main(argv=None) -> int:
     if args.json:
         from RCSegNeXtCore.files import atomic_write_text
         atomic_write_text(args.json, line + "\n")
+    print(tables(result), file=sys.stderr)
     print(line, flush=True)
     log(f"done in {result['wall_seconds']:.0f} s")
     return 0
