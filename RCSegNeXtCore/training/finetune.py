@@ -10,7 +10,7 @@ re-initialised).
 Defaults when fine-tuning (the command line uses them when `--epochs` / `--lr` are not given):
 FINETUNE_EPOCHS = 25 (a quarter of the paper's 100) and FINETUNE_LR = 1e-3 (a tenth of 0.01): the weights are
 already near a solution, so a short run with a small step adapts them to the corrected cases without forgetting what
-the parent learnt. The fine-tuning benchmark measures these values against training from scratch.
+the parent learnt. benchmarks/correction_loop.py measures them against training from scratch (docs/correction_loop.md).
 
 torch is imported inside the functions that load weights (the command line imports this module for the defaults).
 """
