@@ -251,5 +251,13 @@ def test_uncertainty_path_by_format():
     assert uncertainty_path("a/c1.nii").name == "c1_uncertainty.nii.gz"
     assert uncertainty_path("a/c1.mha").name == "c1_uncertainty.mha"
     assert uncertainty_path("a/c1.SEG.NRRD").name == "c1_uncertainty.nrrd"
+    assert uncertainty_path("a/c1.dcm").name == "c1_uncertainty.nrrd"    # DICOM SEG: binary segments only
+
+
+def test_every_output_format_has_a_review_map_file():
+    """--uncertainty with any --format: found before a case is written, not after its labels are."""
+    from RCSegNeXtCore.inference.export import OUTPUT_FORMATS, uncertainty_path
+    for suffix in OUTPUT_FORMATS:
+        assert uncertainty_path(f"a/c1.{suffix}").name.startswith("c1_uncertainty.")
     with pytest.raises(ValueError, match="no uncertainty format"):
         uncertainty_path("a/c1.png")

@@ -128,9 +128,10 @@ def write_probabilities(probabilities: np.ndarray, geometry: Geometry, path: str
     return write_sitk(image, path, _header_metadata(path, keys))
 
 
-# the review map's file: same format family as the label map (a .seg.nrrd's is a plain NRRD volume)
+# the review map's file: same format family as the label map (a .seg.nrrd's is a plain NRRD volume; a DICOM SEG
+# holds binary segments only, so its map is an NRRD volume beside it)
 UNCERTAINTY_EXTENSIONS = {".nii.gz": ".nii.gz", ".nii": ".nii.gz", ".nrrd": ".nrrd", ".seg.nrrd": ".nrrd",
-                          ".mha": ".mha"}
+                          ".mha": ".mha", ".dcm": ".nrrd"}
 
 
 def uncertainty_path(labels_path: str | os.PathLike) -> Path:
