@@ -219,10 +219,13 @@ def test_fine_tune_run_reports_progress_as_json_and_records_provenance(raw, scra
             "eta_s"}
     for event in train:
         assert set(event) == keys and event["fold"] == "all" and event["epochs"] == event["total"] == 2
-        assert event["val_loss"] is None and event["pseudo_dice"] == {} and event["loss"] > 0
+        # fold "all": pseudo-Dice on the training cases, as nnU-Net's fold all (the panel shows it)
+        assert set(event["pseudo_dice"]) == {"rectum", "tumour"} and event["val_loss"] > 0 and event["loss"] > 0
+        assert all(0 <= v <= 1 for v in event["pseudo_dice"].values())
     assert train[-1]["eta_s"] == 0
     assert events[-1] == {"stage": "done", "model": str(run.resolve()), "done": 2, "total": 2}
     assert "initialised from" in result.stderr and "epoch 2/2" in result.stderr     # the log went to stderr
+    assert "pseudo-Dice is measured on the training cases" in result.stderr
 
     assert (run / "plans.json").read_bytes() == (scratch_parent / "plans.json").read_bytes()   # plan unchanged
     for name in ("dataset.json", "fold_all/checkpoint_final.pt", "fold_all/model.onnx"):
@@ -277,3 +280,15 @@ def test_an_interrupted_fine_tune_resumes_its_own_state(raw, scratch_parent, tmp
     assert log.count("initialised from") == 1                    # the parent's weights were not loaded again
     assert len(json.loads((fold / "metrics.json").read_text())) == 3
     assert read_provenance(run)["mode"] == "fine-tune"
+
+
+def test_fold_all_monitors_its_training_cases_as_nnunet():
+    """Fold "all" has no held-out cases: its pseudo-Dice runs on the training cases (nnU-Net's fold all), unless
+    val_iterations is 0; other folds keep their held-out cases."""
+    from RCSegNeXtCore.training.config import TrainingConfig
+    from RCSegNeXtCore.training.pipeline import monitored_cases
+    train, held_out = ["a", "b"], ["c"]
+    assert monitored_cases("all", train, [], TrainingConfig()) == train
+    assert monitored_cases("all", train, [], TrainingConfig(val_iterations=0)) == []
+    assert monitored_cases(0, train, held_out, TrainingConfig()) == held_out
+    assert monitored_cases(0, train, [], TrainingConfig()) == []

@@ -11,7 +11,7 @@ HELP = "train on a raw dataset (plans, preprocesses, 5-fold cross-validation, re
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", help="raw dataset folder (imagesTr/, labelsTr/, dataset.json)")
     parser.add_argument("-o", "--output", required=True, help="run folder = model folder (plans.json, fold_K/)")
-    parser.add_argument("--fold", default="0", help="fold 0..N-1, or 'all' (every case, no validation); default 0")
+    parser.add_argument("--fold", default="0", help="fold 0..N-1, or 'all' (every case; pseudo-Dice on the training cases); default 0")
     parser.add_argument("--folds", nargs="+", default=None, help="several folds in turn, e.g. --folds 0 1 2 3 4")
     parser.add_argument("--num-folds", type=int, default=5, help="folds of a new split (default 5)")
     parser.add_argument("--splits", default=None, help="an existing nnU-Net splits_final.json to use")

@@ -207,6 +207,15 @@ def config_for_process(config: TrainingConfig, dist) -> TrainingConfig:
     return replace(config, device=device, num_workers=0 if config.deterministic else config.num_workers)
 
 
+def monitored_cases(fold, train_cases: list, val_cases: list, config: TrainingConfig) -> list:
+    """The cases of the per-epoch pseudo-Dice: the held-out ones; for fold "all", which has none, the training cases
+    themselves, as nnU-Net's fold "all" does (so a run on every case still reports a pseudo-Dice and keeps its best
+    checkpoint by it), unless `val_iterations` is 0."""
+    if val_cases or fold != "all" or config.val_iterations <= 0:
+        return val_cases
+    return train_cases
+
+
 def train_one_fold(run_dir: str, cache_dir: str, fold, train_ids, val_ids, config: TrainingConfig,
                    events: Optional[TrainingEvents] = None) -> None:
     """Train one fold in this process (one rank under DDP): module-level so spawned workers can run it. A new fold
@@ -223,8 +232,12 @@ def train_one_fold(run_dir: str, cache_dir: str, fold, train_ids, val_ids, confi
     if existing is not None and not config.resume:
         raise ModelError(f"{fold_dir} already holds {existing.name}; add --resume to continue it, or choose "
                          "another output folder")
-    trainer = Trainer(plans, load_cases(Path(cache_dir), train_ids), load_cases(Path(cache_dir), val_ids),
-                      fold_dir, config, dist)
+    train_cases = load_cases(Path(cache_dir), train_ids)
+    trainer = Trainer(plans, train_cases, monitored_cases(fold, train_cases, load_cases(Path(cache_dir), val_ids),
+                                                          config), fold_dir, config, dist)
+    if fold == "all" and trainer.val_cases:
+        trainer.log.write("fold all: the pseudo-Dice is measured on the training cases (as nnU-Net's fold all): it "
+                          "shows how well the model fits them, not how it generalises")
     if config.resume and existing is not None:
         trainer.resume(existing)                          # a fine-tune run's own state wins over the parent's
     elif config.init_from:

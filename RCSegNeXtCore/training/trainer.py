@@ -172,6 +172,9 @@ class Trainer:
         self.start_epoch = int(state["epoch"]) + 1
         self.history = list(state.get("history", []))
         self.ema, self.best_ema = state.get("ema"), state.get("best_ema")
+        if self.val_cases and self.history and not any(k.startswith("dice_") for k in self.history[-1]):
+            # a fold "all" of 0.1 followed the training loss: its score is not a pseudo-Dice, start that anew
+            self.ema = self.best_ema = None
         states = state.get("rank_states", [])
         if int(state.get("world_size", 1)) == self.dist.world_size and self.dist.rank < len(states):
             self._set_rank_state(states[self.dist.rank])
