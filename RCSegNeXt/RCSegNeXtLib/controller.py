@@ -64,6 +64,26 @@ def format_duration(seconds: float) -> str:
     return f"{int(round(seconds / 60))} min"
 
 
+def poll_until_done(run, what: str, timeout: Optional[float], idle: Optional[Callable[[], None]] = None,
+                    interval: float = 0.1):
+    """Poll a run controller (`running`, `poll`, `cancel`, `report`, `clock`) until its run ends, calling `idle()`
+    between polls; after `timeout` s (None: no limit) cancel it and report it failed. Returns its report."""
+    deadline = None if timeout is None else run.clock() + timeout
+    while run.running:
+        run.poll()
+        if not run.running:
+            break
+        if deadline is not None and run.clock() > deadline:
+            run.cancel()
+            run.report.state = FAILED
+            run.report.message = f"the {what} did not finish within {timeout:.0f} s and was cancelled"
+            break
+        if idle is not None:
+            idle()
+        time.sleep(interval)
+    return run.report
+
+
 class ProgressText:
     """Status line from progress events: stage, tile count and, once tiles are timed, the time left."""
 
@@ -192,20 +212,7 @@ class RunController:
     def wait(self, timeout: float, idle: Optional[Callable[[], None]] = None, interval: float = 0.1) -> RunReport:
         """Poll until the run ends, calling `idle()` between polls (e.g. `slicer.app.processEvents`, so the GUI stays
         live); after `timeout` s the run is cancelled and reported as failed. For scripts and the self-test."""
-        deadline = self.clock() + timeout
-        while self.running:
-            self.poll()
-            if not self.running:
-                break
-            if self.clock() > deadline:
-                self.cancel()
-                self.report.state = FAILED
-                self.report.message = f"the segmentation did not finish within {timeout:.0f} s and was cancelled"
-                break
-            if idle is not None:
-                idle()
-            time.sleep(interval)
-        return self.report
+        return poll_until_done(self, "segmentation", timeout, idle, interval)
 
     # -- events ------------------------------------------------------------------------------------------------
     def _take(self, event) -> None:

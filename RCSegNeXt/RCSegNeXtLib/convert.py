@@ -87,6 +87,15 @@ def segment_type_code(segment) -> str:
     return terminology_type_code(segment_tag(segment, segment.GetTerminologyEntryTagName()))
 
 
+def _require_volume_shape(array: np.ndarray, volumeNode, what: str, subject: str) -> None:
+    """Refuse an array that is not on the volume's voxel grid (its shape differs)."""
+    import slicer.util
+    shape = tuple(slicer.util.arrayFromVolume(volumeNode).shape)
+    if array.shape != shape:
+        raise RCSegNeXtError(f"{what} shape {array.shape} differs from volume '{volumeNode.GetName()}' shape "
+                             f"{shape}; {subject} must be on the input grid")
+
+
 def labels_to_segmentation(labels: np.ndarray, volumeNode, styles, segmentationNode=None,
                            name: Optional[str] = None):
     """Write a (z, y, x) label map on `volumeNode`'s grid into a segmentation node, one segment per style.
@@ -100,10 +109,7 @@ def labels_to_segmentation(labels: np.ndarray, volumeNode, styles, segmentationN
     import slicer
     import slicer.util
     labels = np.asarray(labels)
-    shape = tuple(slicer.util.arrayFromVolume(volumeNode).shape)
-    if labels.shape != shape:
-        raise RCSegNeXtError(f"label map shape {labels.shape} differs from volume '{volumeNode.GetName()}' shape "
-                             f"{shape}; the prediction must be on the input grid")
+    _require_volume_shape(labels, volumeNode, "label map", "the prediction")
     scene = volumeNode.GetScene()
     created = segmentationNode is None
     if created:
@@ -181,10 +187,7 @@ def map_to_volume(values: np.ndarray, volumeNode, name: str, mapNode=None):
     import slicer.util
     import vtk
     values = np.asarray(values, dtype=np.float32)
-    shape = tuple(slicer.util.arrayFromVolume(volumeNode).shape)
-    if values.shape != shape:
-        raise RCSegNeXtError(f"review map shape {values.shape} differs from volume '{volumeNode.GetName()}' shape "
-                             f"{shape}; the map must be on the input grid")
+    _require_volume_shape(values, volumeNode, "review map", "the map")
     scene = volumeNode.GetScene()
     created = mapNode is None
     if created:

@@ -28,7 +28,7 @@ from typing import Callable, Deque, List, Optional, Sequence
 from RCSegNeXtCore.errors import DatasetError, ModelError, RCSegNeXtError
 
 from RCSegNeXtLib import models, runner as runner_module
-from RCSegNeXtLib.controller import CANCELLED, DONE, FAILED, IDLE, RUNNING
+from RCSegNeXtLib.controller import CANCELLED, DONE, FAILED, IDLE, RUNNING, poll_until_done
 
 _LOG = logging.getLogger("RCSegNeXt")
 
@@ -276,20 +276,7 @@ class TrainingRunController:
              interval: float = 0.1) -> TrainingReport:
         """Poll until the run ends (scripts, tests, the self-test); after `timeout` s it is cancelled and reported
         as failed (the folder stays for `resume()`)."""
-        deadline = None if timeout is None else self.clock() + timeout
-        while self.running:
-            self.poll()
-            if not self.running:
-                break
-            if deadline is not None and self.clock() > deadline:
-                self.cancel()
-                self.report.state = FAILED
-                self.report.message = f"the training did not finish within {timeout:.0f} s and was cancelled"
-                break
-            if idle is not None:
-                idle()
-            time.sleep(interval)
-        return self.report
+        return poll_until_done(self, "training", timeout, idle, interval)
 
     # -- events ------------------------------------------------------------------------------------------------
     def _take(self, event) -> None:
