@@ -51,7 +51,7 @@ class Prediction:
     # the review map (predict(uncertainty=True), inference/uncertainty.py), (z, y, x) float32 in [0, 1] on `geometry`
     uncertainty: Optional[np.ndarray] = None    # normalised entropy of the final softmax
     disagreement: Optional[np.ndarray] = None   # members' mutual information / log K (several folds or TTA only)
-    uncertainty_score: Optional[float] = None   # uncertainty.case_score: mean over the tumour's boundary band
+    uncertainty_score: Optional[float] = None   # mean over uncertainty.score_region (the tumour's boundary band)
     uncertainty_region: Optional[str] = None    # "tumour" | "foreground" | "volume": where the score was taken
     disagreement_score: Optional[float] = None  # the same region's mean disagreement
 
@@ -262,7 +262,8 @@ class Predictor:
         """Fill `result`'s review map: the final softmax's normalised entropy on the input grid, the members'
         disagreement brought back like the probabilities, the per-case scores (inference/uncertainty.py)."""
         from RCSegNeXtCore.data.resample import resample_probabilities
-        from RCSegNeXtCore.inference.uncertainty import case_score, normalized_entropy, restore_map, tumour_label
+        from RCSegNeXtCore.inference.uncertainty import (normalized_entropy, region_mean, restore_map, score_region,
+                                                         tumour_label)
         original = result.geometry
         result.uncertainty = normalized_entropy(restored)
         if spread is not None:
@@ -271,9 +272,8 @@ class Predictor:
                 spread = np.clip(resample_probabilities(spread[None], original.shape, geometry.spacing,
                                                         original.spacing)[0], 0.0, 1.0)
             result.disagreement = spread.astype(np.float32, copy=False)
-        tumour = tumour_label(self.labels)
-        result.uncertainty_score, result.uncertainty_region = case_score(result.uncertainty, result.labels,
-                                                                         original.spacing, tumour)
+        mask, result.uncertainty_region = score_region(result.labels, original.spacing, tumour_label(self.labels))
+        result.uncertainty_score = region_mean(result.uncertainty, mask)
         if result.disagreement is not None:
-            result.disagreement_score = case_score(result.disagreement, result.labels, original.spacing, tumour)[0]
+            result.disagreement_score = region_mean(result.disagreement, mask)
 

@@ -57,9 +57,7 @@ def softmax_and_entropy(logits: np.ndarray, probabilities: np.ndarray, entropy: 
 def mutual_information(mean_probabilities: np.ndarray, mean_entropy: np.ndarray) -> np.ndarray:
     """Disagreement of members from their (weighted) mean softmax (K, ...) and mean entropy (nats, ...):
     (H(mean p) - mean H(p_m)) / log K, float32 clipped to [0, 1] (rounding can make it a hair negative)."""
-    num_classes = mean_probabilities.shape[0]
-    total = normalized_entropy(mean_probabilities) * np.float32(log_classes(num_classes))
-    out = (total - mean_entropy) / np.float32(log_classes(num_classes))
+    out = normalized_entropy(mean_probabilities) - mean_entropy / np.float32(log_classes(mean_probabilities.shape[0]))
     return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
 
 
@@ -119,19 +117,32 @@ def boundary_band(mask: np.ndarray, spacing: Sequence[float], radius: int = BAND
     return np.moveaxis(band, 0, axis)
 
 
-def case_score(uncertainty: np.ndarray, labels: np.ndarray, spacing: Sequence[float],
-               tumour: Optional[int] = 2) -> Tuple[float, str]:
-    """(score, region): the mean of `uncertainty` over the predicted tumour's boundary band (region "tumour"), else
-    over the whole foreground's band (region "foreground"), else over the whole volume (region "volume"); see the
-    module docstring. `labels` is the predicted label map on the same grid, `tumour` its tumour value."""
-    uncertainty = np.asarray(uncertainty, np.float32)
-    if uncertainty.shape != labels.shape:
-        raise ValueError(f"uncertainty {uncertainty.shape} and labels {labels.shape} are on different grids")
+def score_region(labels: np.ndarray, spacing: Sequence[float], tumour: Optional[int] = 2
+                 ) -> Tuple[Optional[np.ndarray], str]:
+    """(mask, region) the per-case score averages over: the predicted tumour's boundary band ("tumour"), else the
+    whole foreground's band ("foreground"), else the whole volume ("volume", mask None); see the module docstring."""
     for region, mask in (("tumour", labels == tumour if tumour is not None else None), ("foreground", labels > 0)):
         if mask is not None and mask.any():
-            band = boundary_band(mask, spacing)
-            return float(uncertainty[band].mean(dtype=np.float64)), region
-    return float(uncertainty.mean(dtype=np.float64)), "volume"
+            return boundary_band(mask, spacing), region
+    return None, "volume"
+
+
+def region_mean(values: np.ndarray, mask: Optional[np.ndarray]) -> float:
+    """The mean of a map over a `score_region` mask (None: everywhere)."""
+    values = np.asarray(values, np.float32)
+    if mask is not None and values.shape != mask.shape:
+        raise ValueError(f"map {values.shape} and labels {mask.shape} are on different grids")
+    return float((values if mask is None else values[mask]).mean(dtype=np.float64))
+
+
+def case_score(uncertainty: np.ndarray, labels: np.ndarray, spacing: Sequence[float],
+               tumour: Optional[int] = 2) -> Tuple[float, str]:
+    """(score, region): the mean of `uncertainty` over `score_region`. `labels` is the predicted label map on the
+    same grid, `tumour` its tumour value."""
+    if np.shape(uncertainty) != labels.shape:
+        raise ValueError(f"uncertainty {np.shape(uncertainty)} and labels {labels.shape} are on different grids")
+    mask, region = score_region(labels, spacing, tumour)
+    return region_mean(uncertainty, mask), region
 
 
 def score_metadata(score: float, region: str, disagreement: Optional[float] = None) -> Dict[str, str]:
