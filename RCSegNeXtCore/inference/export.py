@@ -128,20 +128,15 @@ def write_probabilities(probabilities: np.ndarray, geometry: Geometry, path: str
     return write_sitk(image, path, _header_metadata(path, keys))
 
 
-# the review map's file: same format family as the label map (a .seg.nrrd's is a plain NRRD volume; a DICOM SEG
-# holds binary segments only, so its map is an NRRD volume beside it)
-UNCERTAINTY_EXTENSIONS = {".nii.gz": ".nii.gz", ".nii": ".nii.gz", ".nrrd": ".nrrd", ".seg.nrrd": ".nrrd",
-                          ".mha": ".mha", ".dcm": ".nrrd"}
-
-
 def uncertainty_path(labels_path: str | os.PathLike) -> Path:
-    """Where the review map of the label map at `labels_path` goes: CASE_uncertainty<ext> beside it."""
+    """Where the review map of the label map at `labels_path` goes: CASE_uncertainty<ext> beside it, `ext` its
+    format's `map_suffix`."""
     stem, ext = split_extension(labels_path)
-    suffix = UNCERTAINTY_EXTENSIONS.get(ext.lower())
-    if suffix is None:
+    fmt = output_format(labels_path)
+    if fmt is None:
         raise ValueError(f"{labels_path}: no uncertainty format for {ext or 'no extension'}; use a name ending "
-                         f"{', '.join(UNCERTAINTY_EXTENSIONS)}")
-    return Path(labels_path).with_name(f"{stem}_uncertainty{suffix}")
+                         f".{', .'.join(OUTPUT_FORMATS)}")
+    return Path(labels_path).with_name(f"{stem}_uncertainty{fmt.map_suffix}")
 
 
 def write_uncertainty(uncertainty: np.ndarray, geometry: Geometry, path: str | os.PathLike,
@@ -170,24 +165,27 @@ def _write_dicom_seg(labels, geometry, path, label_names, metadata=None, source=
 @dataclass(frozen=True)
 class OutputFormat:
     """A prediction file type: its name ending, the writer (labels, geometry, path, label_names, metadata) -> path,
-    and a few words for --help. `dicom_source`: the writer also takes `source=`, the input's DICOM series folder
-    (only such inputs can be written in this format)."""
+    and a few words for --help. `map_suffix`: the ending of the review map written beside it (`predict
+    --uncertainty`; a float volume of the same format family). `dicom_source`: the writer also takes `source=`, the
+    input's DICOM series folder (only such inputs can be written in this format)."""
 
     suffix: str
     write: Callable[..., Path]
     description: str
+    map_suffix: str
     dicom_source: bool = False
 
 
 # the one list of prediction formats: --format choices, names accepted by `predict -o`, writer by name ending
 OUTPUT_FORMATS: Dict[str, OutputFormat] = {f.suffix: f for f in (
-    OutputFormat("nii.gz", _write_labelmap, "compressed NIfTI label map"),
-    OutputFormat("nii", _write_labelmap, "NIfTI label map"),
-    OutputFormat("nrrd", _write_labelmap, "NRRD label map (provenance in the header)"),
-    OutputFormat("mha", _write_labelmap, "MetaImage label map"),
-    OutputFormat("seg.nrrd", write_segmentation, "3D Slicer segmentation: named, coloured segments"),
+    OutputFormat("nii.gz", _write_labelmap, "compressed NIfTI label map", ".nii.gz"),
+    OutputFormat("nii", _write_labelmap, "NIfTI label map", ".nii.gz"),
+    OutputFormat("nrrd", _write_labelmap, "NRRD label map (provenance in the header)", ".nrrd"),
+    OutputFormat("mha", _write_labelmap, "MetaImage label map", ".mha"),
+    # a .seg.nrrd's map is a plain NRRD volume; a DICOM SEG holds binary segments only: its map is an NRRD beside it
+    OutputFormat("seg.nrrd", write_segmentation, "3D Slicer segmentation: named, coloured segments", ".nrrd"),
     OutputFormat("dcm", _write_dicom_seg, "DICOM SEG for PACS (DICOM series input only; pip install "
-                 "rcsegnext[dicom])", dicom_source=True),
+                 "rcsegnext[dicom])", ".nrrd", dicom_source=True),
 )}
 
 

@@ -255,8 +255,7 @@ def _predict_one(predictor, config: PredictionConfig, case: CaseInput, target: P
                                            uncertainty=config.uncertainty)
         for message in prediction.warnings:
             print(f"warning: {message}", file=sys.stderr)
-        metadata = {**predictor.metadata(), **prediction.uncertainty_metadata()} if config.uncertainty \
-            else predictor.metadata()
+        metadata = {**predictor.metadata(), **prediction.uncertainty_metadata()}   # score keys only with a map
         write_prediction(prediction.labels, prediction.geometry, target, predictor.labels, metadata,
                          source=case.paths[0])   # the DICOM SEG references this series
         if config.save_probabilities:

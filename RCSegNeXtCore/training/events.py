@@ -10,7 +10,8 @@ Lines, in order (a GUI keeps exactly these keys):
   {"stage": "done", "model": RUN, "done": N, "total": N}
   {"stage": "error", "message": TEXT}                     then a non-zero exit (2 for a refused input)
 E is 1-based; N is the number of epochs the fold trains (fewer than asked when a time budget shortens the run);
-"pseudo_dice" is empty for fold "all" (no validation cases) and T is the time left for this fold at the median
+"pseudo_dice" comes from the held-out cases, for fold "all" from its training cases (empty with
+--val-iterations 0), and T is the time left for this fold at the median
 epoch time so far. A value that is not a finite number is null. While the lines are written, everything else the
 run prints (log lines, progress bars, notes) goes to stderr (`json_stdout`), so stdout stays parseable.
 """
