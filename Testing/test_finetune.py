@@ -292,3 +292,28 @@ def test_fold_all_monitors_its_training_cases_as_nnunet():
     assert monitored_cases("all", train, [], TrainingConfig(val_iterations=0)) == []
     assert monitored_cases(0, train, held_out, TrainingConfig()) == held_out
     assert monitored_cases(0, train, [], TrainingConfig()) == []
+
+
+def test_resumed_fold_all_of_0_1_restarts_its_moving_average(tmp_path):
+    """A fold "all" checkpoint whose score followed the training loss (no pseudo-Dice: RCSegNeXt 0.1) resumed with
+    monitored cases: the moving average restarts instead of mixing -loss with Dice; without them it is kept."""
+    from dataclasses import replace
+
+    from RCSegNeXtCore.training.state import LATEST
+    from RCSegNeXtCore.training.trainer import EpochBudget, Trainer
+    torch.set_num_threads(1)
+    cases = tiny_cases()
+    config = TrainingConfig(epochs=2, iterations_per_epoch=1, val_iterations=1, device="cpu", num_workers=0,
+                            progress=False, threads=1)
+    old = Trainer(tiny_plans(), cases, [], tmp_path, replace(config, epochs=1))
+    old.fit()
+    assert old.ema is not None and old.ema < 0                        # -training loss
+    kept = Trainer(tiny_plans(), cases, [], tmp_path / "kept", config)
+    kept.resume(tmp_path / LATEST)
+    assert kept.ema == pytest.approx(old.ema)
+    resumed = Trainer(tiny_plans(), cases, cases, tmp_path / "resumed", config)
+    resumed.resume(tmp_path / LATEST)
+    assert resumed.ema is None and resumed.best_ema is None and resumed.start_epoch == 1
+    record = resumed.run_epoch(1, EpochBudget(2, None))
+    dices = [v for k, v in record.items() if k.startswith("dice_")]
+    assert dices and record["ema_score"] == pytest.approx(float(np.nanmean(dices)))
